@@ -1,0 +1,1 @@
+//! Benchmarks of rdma-rpc: see `benches/`.

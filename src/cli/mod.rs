@@ -1,0 +1,1 @@
+//! The `rdma-rpc` command line.

@@ -1,0 +1,2 @@
+//! The `rdma-rpc` command.
+fn main() {}

@@ -1,0 +1,257 @@
+//! The handles of a call in progress: [`CallReceiver`] (messages and data coming in, both sides),
+//! [`CallSender`] (client side, encodes into transport buffers) and [`ResponseSender`] (server
+//! side).
+//!
+//! Dropping a client's `CallReceiver` before the call ended cancels it (the server is told and its
+//! handler aborted). Dropping a sender without `finish` half-closes its direction.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use prost::Message;
+use tokio::sync::{mpsc, oneshot};
+
+use super::client::Client;
+use super::codec;
+use super::command::{BufCommand, CallCommand, CallEvent, CallShared};
+use crate::status::Status;
+use crate::transport::Transport;
+use crate::wire::Kind;
+
+/// One item of a call's incoming stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// An encoded protobuf message.
+    Message(Bytes),
+    /// Raw stream data.
+    Data(Bytes),
+}
+
+/// Cancels a client call when dropped before it ended.
+#[derive(Debug)]
+pub(crate) struct CancelGuard {
+    pub(crate) id: u64,
+    pub(crate) ctl: mpsc::UnboundedSender<CallCommand>,
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        let status = Status::cancelled("the caller dropped the call");
+        let _ = self.ctl.send(CallCommand::Finish { id: self.id, status });
+    }
+}
+
+/// The receiving side of a call: responses for a client, requests for a server.
+#[derive(Debug)]
+pub struct CallReceiver<M> {
+    id: u64,
+    events: mpsc::UnboundedReceiver<CallEvent>,
+    ctl: mpsc::UnboundedSender<CallCommand>,
+    shared: Arc<CallShared>,
+    guard: Option<CancelGuard>,
+    done: bool,
+    _message: PhantomData<fn() -> M>,
+}
+
+impl<M: Message + Default> CallReceiver<M> {
+    pub(crate) fn new(
+        id: u64,
+        events: mpsc::UnboundedReceiver<CallEvent>,
+        ctl: mpsc::UnboundedSender<CallCommand>,
+        shared: Arc<CallShared>,
+        guard: Option<CancelGuard>,
+    ) -> Self {
+        CallReceiver { id, events, ctl, shared, guard, done: false, _message: PhantomData }
+    }
+
+    /// The call id on its connection.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The next message, `Ok(None)` when the peer's stream ended cleanly, or the status the call
+    /// failed with.
+    pub async fn message(&mut self) -> Result<Option<M>, Status> {
+        match self.next().await? {
+            None => Ok(None),
+            Some(Incoming::Message(bytes)) => codec::decode::<M>(bytes).map(Some),
+            Some(Incoming::Data(_)) => Err(Status::invalid_argument("raw stream data on a call that carries messages")),
+        }
+    }
+
+    /// The next raw item (message bytes or stream data), without decoding.
+    pub async fn next(&mut self) -> Result<Option<Incoming>, Status> {
+        if self.done {
+            return match self.shared.status.get() {
+                Some(status) if !status.is_ok() => Err(status.clone()),
+                _ => Ok(None),
+            };
+        }
+        let event = self.events.recv().await;
+        match event {
+            Some(CallEvent::Message(bytes)) => {
+                self.consumed(bytes.len());
+                Ok(Some(Incoming::Message(bytes)))
+            }
+            Some(CallEvent::Data(bytes)) => {
+                self.consumed(bytes.len());
+                Ok(Some(Incoming::Data(bytes)))
+            }
+            Some(CallEvent::End) => {
+                self.done = true;
+                Ok(None)
+            }
+            Some(CallEvent::Closed(status)) => {
+                self.done = true;
+                self.disarm();
+                if status.is_ok() { Ok(None) } else { Err(status) }
+            }
+            None => {
+                self.done = true;
+                self.disarm();
+                Err(self.shared.status_or(|| Status::unavailable("connection closed")))
+            }
+        }
+    }
+
+    /// The next chunk of raw stream data, `Ok(None)` at the end.
+    pub async fn data(&mut self) -> Result<Option<Bytes>, Status> {
+        match self.next().await? {
+            None => Ok(None),
+            Some(Incoming::Data(bytes)) => Ok(Some(bytes)),
+            Some(Incoming::Message(_)) => Err(Status::invalid_argument("a message where stream data was expected")),
+        }
+    }
+
+    /// Waits for the single reply of a client-streaming call, after the request stream finished.
+    pub async fn response(mut self) -> Result<M, Status> {
+        let reply = self.message().await?;
+        // Drain to the call's end so its status is known.
+        while self.message().await?.is_some() {}
+        reply.ok_or_else(|| Status::internal("the server ended the call without a reply"))
+    }
+
+    fn consumed(&self, len: usize) {
+        let _ = self.ctl.send(CallCommand::Consumed { id: self.id, len });
+    }
+
+    fn disarm(&mut self) {
+        if let Some(guard) = self.guard.take() {
+            std::mem::forget(guard);
+        }
+    }
+}
+
+/// Half-closes a direction when dropped without `finish`.
+#[derive(Debug)]
+struct HalfClose {
+    id: u64,
+    ctl: mpsc::UnboundedSender<CallCommand>,
+    armed: bool,
+}
+
+impl Drop for HalfClose {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.ctl.send(CallCommand::End { id: self.id });
+        }
+    }
+}
+
+/// Client side: sends the request stream, encoding each message straight into a transport buffer.
+/// Each `send` returns once the previous frame passed flow control, so a slow peer slows the
+/// producer and memory in flight stays bounded.
+pub struct CallSender<T: Transport, M> {
+    client: Client<T>,
+    id: u64,
+    shared: Arc<CallShared>,
+    last_ack: Option<oneshot::Receiver<()>>,
+    half_close: HalfClose,
+    _message: PhantomData<fn(M)>,
+}
+
+impl<T: Transport, M: Message> CallSender<T, M> {
+    pub(crate) fn new(client: Client<T>, id: u64, shared: Arc<CallShared>) -> Self {
+        let half_close = HalfClose { id, ctl: client.ctl().clone(), armed: true };
+        CallSender { client, id, shared, last_ack: None, half_close, _message: PhantomData }
+    }
+
+    /// Sends one message.
+    pub async fn send(&mut self, message: &M) -> Result<(), Status> {
+        self.wait_previous().await?;
+        let body = codec::encode_message(self.client.alloc(), message).await?;
+        let (ack, rx) = oneshot::channel();
+        self.last_ack = Some(rx);
+        self.client
+            .send_buf(BufCommand::Send { id: self.id, body, end: false, ack: Some(ack) })
+            .map_err(|_| self.ended())
+    }
+
+    /// Sends raw stream data; the bytes are not copied on their way to the transport.
+    pub async fn send_data(&mut self, data: Bytes) -> Result<(), Status> {
+        self.wait_previous().await?;
+        let (ack, rx) = oneshot::channel();
+        self.last_ack = Some(rx);
+        let cmd = CallCommand::SendBytes { id: self.id, kind: Kind::Data, body: data, end: false, ack: Some(ack) };
+        self.client.ctl().send(cmd).map_err(|_| self.ended())
+    }
+
+    /// Ends the request stream and waits until everything sent passed flow control.
+    pub async fn finish(mut self) -> Result<(), Status> {
+        self.half_close.armed = false;
+        let _ = self.client.ctl().send(CallCommand::End { id: self.id });
+        self.wait_previous().await
+    }
+
+    async fn wait_previous(&mut self) -> Result<(), Status> {
+        match self.last_ack.take() {
+            Some(ack) => ack.await.map_err(|_| self.ended()),
+            None => Ok(()),
+        }
+    }
+
+    fn ended(&self) -> Status {
+        self.shared.status_or(|| Status::unavailable("connection closed"))
+    }
+}
+
+/// Server side: sends the response stream of a streaming call.
+#[derive(Debug)]
+pub struct ResponseSender<M> {
+    id: u64,
+    ctl: mpsc::UnboundedSender<CallCommand>,
+    shared: Arc<CallShared>,
+    last_ack: Option<oneshot::Receiver<()>>,
+    _message: PhantomData<fn(M)>,
+}
+
+impl<M: Message> ResponseSender<M> {
+    pub(crate) fn new(id: u64, ctl: mpsc::UnboundedSender<CallCommand>, shared: Arc<CallShared>) -> Self {
+        ResponseSender { id, ctl, shared, last_ack: None, _message: PhantomData }
+    }
+
+    /// Sends one message.
+    pub async fn send(&mut self, message: &M) -> Result<(), Status> {
+        self.send_bytes(Kind::Message, codec::encode_to_bytes(message)).await
+    }
+
+    /// Sends raw stream data, not copied on its way to the transport.
+    pub async fn send_data(&mut self, data: Bytes) -> Result<(), Status> {
+        self.send_bytes(Kind::Data, data).await
+    }
+
+    async fn send_bytes(&mut self, kind: Kind, body: Bytes) -> Result<(), Status> {
+        if let Some(ack) = self.last_ack.take() {
+            ack.await.map_err(|_| self.ended())?;
+        }
+        let (ack, rx) = oneshot::channel();
+        self.last_ack = Some(rx);
+        let cmd = CallCommand::SendBytes { id: self.id, kind, body, end: false, ack: Some(ack) };
+        self.ctl.send(cmd).map_err(|_| self.ended())
+    }
+
+    fn ended(&self) -> Status {
+        self.shared.status_or(|| Status::cancelled("the call is over"))
+    }
+}

@@ -1,0 +1,211 @@
+//! The client: a cheap, cloneable handle to one connection. Calls encode their requests straight
+//! into the transport's send buffers; a driver task (see `driver.rs`) runs the connection.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prost::Message;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::call::{CallReceiver, CallSender, CancelGuard};
+use super::codec;
+use super::command::{BufCommand, CallCommand, CallShared};
+use super::driver::{DriverSetup, drive};
+use super::{ConnectError, ConnectionConfig};
+use crate::pb::rpc as pb;
+use crate::session::Role;
+use crate::status::Status;
+use crate::transport::Transport;
+
+/// Per-call options.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallOptions {
+    /// Time allowed for the whole call; sent to the server, which stops its work when it passes.
+    pub timeout: Option<Duration>,
+    /// Metadata sent with every call.
+    pub metadata: HashMap<String, String>,
+}
+
+struct Shared<T: Transport> {
+    buf_tx: mpsc::UnboundedSender<BufCommand<T::Buf>>,
+    ctl_tx: mpsc::UnboundedSender<CallCommand>,
+    alloc: T::Alloc,
+    next_id: AtomicU64,
+    peer: String,
+    transport: &'static str,
+    peer_settings: pb::Settings,
+    closed: Arc<CallShared>,
+    _shutdown: watch::Sender<bool>,
+}
+
+/// A connection to a server. Clone it freely: clones share the connection. The connection
+/// closes gracefully (GOAWAY, in-flight calls drain) when the last clone is dropped.
+pub struct Client<T: Transport> {
+    shared: Arc<Shared<T>>,
+    options: Arc<CallOptions>,
+}
+
+impl<T: Transport> Clone for Client<T> {
+    fn clone(&self) -> Self {
+        Client { shared: self.shared.clone(), options: self.options.clone() }
+    }
+}
+
+impl<T: Transport> std::fmt::Debug for Client<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("peer", &self.shared.peer).finish_non_exhaustive()
+    }
+}
+
+impl<T: Transport> Client<T> {
+    /// Starts a connection over an established transport and waits for the handshake (the
+    /// server's SETTINGS).
+    pub async fn connect(transport: T, config: ConnectionConfig) -> Result<Self, ConnectError> {
+        config.session.validate()?;
+        let peer = transport.peer();
+        let name = transport.capabilities().name;
+        let (alloc, sender, receiver) = transport.split();
+        let (buf_tx, buf_rx) = mpsc::unbounded_channel();
+        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let closed = Arc::new(CallShared::default());
+        let setup = DriverSetup::<T> {
+            alloc: alloc.clone(),
+            sender,
+            receiver,
+            peer: peer.as_str().into(),
+            role: Role::Client,
+            config: config.session,
+            buf_rx: Some(buf_rx),
+            ctl_tx: ctl_tx.clone(),
+            ctl_rx,
+            router: None,
+            ready: Some(ready_tx),
+            shutdown: shutdown_rx,
+            closed: closed.clone(),
+        };
+        tokio::spawn(drive(setup));
+        let peer_settings = match ready_rx.await {
+            Ok(Ok(settings)) => settings,
+            Ok(Err(status)) => return Err(ConnectError::Handshake { peer, status }),
+            Err(_) => return Err(ConnectError::Handshake { peer, status: Status::internal("driver stopped") }),
+        };
+        let shared = Shared {
+            buf_tx,
+            ctl_tx,
+            alloc,
+            next_id: AtomicU64::new(1),
+            peer,
+            transport: name,
+            peer_settings,
+            closed,
+            _shutdown: shutdown_tx,
+        };
+        Ok(Client { shared: Arc::new(shared), options: Arc::new(CallOptions::default()) })
+    }
+
+    /// The same connection with other default call options.
+    pub fn with_options(&self, options: CallOptions) -> Self {
+        Client { shared: self.shared.clone(), options: Arc::new(options) }
+    }
+
+    /// The same connection with a timeout on every call.
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        self.with_options(CallOptions { timeout: Some(timeout), ..(*self.options).clone() })
+    }
+
+    /// The server, as a URL.
+    pub fn peer(&self) -> &str {
+        &self.shared.peer
+    }
+
+    /// The transport's name ("tcp", "rdma", "mem").
+    pub fn transport_name(&self) -> &'static str {
+        self.shared.transport
+    }
+
+    /// The server's announced limits.
+    pub fn peer_settings(&self) -> &pb::Settings {
+        &self.shared.peer_settings
+    }
+
+    /// Why the connection ended, once it has.
+    pub fn closed_status(&self) -> Option<Status> {
+        self.shared.closed.status.get().cloned()
+    }
+
+    /// A unary call: one request, one reply.
+    pub async fn unary<Req: Message, Res: Message + Default>(&self, method: &str, request: &Req) -> Result<Res, Status> {
+        let (receiver, _) = self.open::<Req, Res>(method, Some(request), true).await?;
+        receiver.response().await
+    }
+
+    /// A server-streaming call: one request, a stream of replies.
+    pub async fn server_streaming<Req: Message, Res: Message + Default>(
+        &self,
+        method: &str,
+        request: &Req,
+    ) -> Result<CallReceiver<Res>, Status> {
+        Ok(self.open::<Req, Res>(method, Some(request), true).await?.0)
+    }
+
+    /// A client-streaming or bidirectional call: the caller sends a stream and reads replies.
+    pub async fn streaming<Req: Message, Res: Message + Default>(
+        &self,
+        method: &str,
+    ) -> Result<(CallSender<T, Req>, CallReceiver<Res>), Status> {
+        let (receiver, shared) = self.open::<Req, Res>(method, None, false).await?;
+        let sender = CallSender::new(self.clone(), receiver.id(), shared);
+        Ok((sender, receiver))
+    }
+
+    async fn open<Req: Message, Res: Message + Default>(
+        &self,
+        method: &str,
+        first: Option<&Req>,
+        end: bool,
+    ) -> Result<(CallReceiver<Res>, Arc<CallShared>), Status> {
+        let header = pb::CallHeader {
+            method: method.to_string(),
+            timeout_micros: self.options.timeout.map_or(0, |t| t.as_micros().clamp(1, u64::MAX as u128) as u64),
+            metadata: self.options.metadata.clone(),
+        };
+        let body = codec::encode_call(&self.shared.alloc, &header, first).await?;
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(CallShared::default());
+        let open = BufCommand::Open {
+            id,
+            method: method.into(),
+            timeout: self.options.timeout,
+            body,
+            has_message: first.is_some(),
+            end,
+            events: events_tx,
+            shared: shared.clone(),
+        };
+        self.send_buf(open).map_err(|_| self.closed())?;
+        let guard = CancelGuard { id, ctl: self.shared.ctl_tx.clone() };
+        let receiver = CallReceiver::new(id, events_rx, self.shared.ctl_tx.clone(), shared.clone(), Some(guard));
+        Ok((receiver, shared))
+    }
+
+    pub(crate) fn alloc(&self) -> &T::Alloc {
+        &self.shared.alloc
+    }
+
+    pub(crate) fn ctl(&self) -> &mpsc::UnboundedSender<CallCommand> {
+        &self.shared.ctl_tx
+    }
+
+    pub(crate) fn send_buf(&self, cmd: BufCommand<T::Buf>) -> Result<(), ()> {
+        self.shared.buf_tx.send(cmd).map_err(|_| ())
+    }
+
+    fn closed(&self) -> Status {
+        self.shared.closed.status_or(|| Status::unavailable("connection closed"))
+    }
+}

@@ -1,0 +1,93 @@
+//! What call handles tell their connection's driver, and what the driver tells them.
+//!
+//! Two queues run from handles to the driver: one carries bodies encoded into the transport's own
+//! buffers (generic over the buffer type: client calls), the other everything else (raw `Bytes`
+//! payloads, half-close, cancellation, credit). The driver polls the buffer queue first, in a
+//! `biased` select, so the commands one handle sends keep their order across the two queues.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::session::Body;
+use crate::status::Status;
+use crate::transport::SendBuffer;
+use crate::wire::{HEADER_LEN, Kind};
+
+/// The body of an outgoing data frame as the driver holds it.
+#[derive(Debug)]
+pub(crate) enum Outgoing<B> {
+    /// A transport buffer holding `HEADER_LEN` bytes of room for the header, then the body.
+    Buf(B),
+    /// A payload that follows a separately encoded header (never copied by TCP).
+    Bytes(Bytes),
+}
+
+impl<B: SendBuffer> Body for Outgoing<B> {
+    fn body_len(&self) -> usize {
+        match self {
+            Outgoing::Buf(buf) => buf.len().saturating_sub(HEADER_LEN),
+            Outgoing::Bytes(bytes) => bytes.len(),
+        }
+    }
+}
+
+/// State a call's handles share with the driver.
+#[derive(Debug, Default)]
+pub(crate) struct CallShared {
+    /// How the call ended, once it did.
+    pub(crate) status: OnceLock<Status>,
+}
+
+impl CallShared {
+    /// The final status, or `fallback` if the call has not ended (the connection went away).
+    pub(crate) fn status_or(&self, fallback: impl FnOnce() -> Status) -> Status {
+        self.status.get().cloned().unwrap_or_else(fallback)
+    }
+}
+
+/// Commands that carry a transport buffer (client side).
+#[derive(Debug)]
+pub(crate) enum BufCommand<B> {
+    /// Open a call with an encoded CALL body.
+    Open {
+        id: u64,
+        method: Arc<str>,
+        timeout: Option<Duration>,
+        body: B,
+        has_message: bool,
+        end: bool,
+        events: mpsc::UnboundedSender<CallEvent>,
+        shared: Arc<CallShared>,
+    },
+    /// Send an encoded MESSAGE.
+    Send { id: u64, body: B, end: bool, ack: Option<oneshot::Sender<()>> },
+}
+
+/// Commands without a transport buffer (both sides).
+#[derive(Debug)]
+pub(crate) enum CallCommand {
+    /// Send a MESSAGE or DATA frame whose body is `body`.
+    SendBytes { id: u64, kind: Kind, body: Bytes, end: bool, ack: Option<oneshot::Sender<()>> },
+    /// Half-close.
+    End { id: u64 },
+    /// Server: end the call with this status. Client: cancel it.
+    Finish { id: u64, status: Status },
+    /// The application consumed `len` bytes of the call's data.
+    Consumed { id: u64, len: usize },
+}
+
+/// What a call's handle receives.
+#[derive(Debug)]
+pub(crate) enum CallEvent {
+    /// A protobuf message.
+    Message(Bytes),
+    /// Raw stream data.
+    Data(Bytes),
+    /// The peer half-closed.
+    End,
+    /// The call is over.
+    Closed(Status),
+}

@@ -1,0 +1,393 @@
+//! The connection driver: one tokio task per connection that owns the IO-free [`Session`] and
+//! moves frames between it, the transport and the call handles. It is deliberately thin: every
+//! protocol decision is the session's.
+//!
+//! A second task, the writer (`writer.rs`), owns the transport's sending half, so the driver never
+//! blocks on a full socket and can always read (two peers sending at once cannot deadlock).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::FutureExt as _;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument as _;
+
+use super::command::{BufCommand, CallCommand, CallEvent, CallShared, Outgoing};
+use super::server::{RequestContext, Router, ServerCall};
+use super::writer::write_loop;
+use crate::pb::rpc as pb;
+use crate::session::{Event, Role, Session, SessionConfig, Transmit};
+use crate::status::Status;
+use crate::transport::{FrameReceiver, Transport};
+use crate::wire::{Frame, Kind, WireLimits};
+
+/// Per-call bookkeeping in the driver.
+struct Slot {
+    events: mpsc::UnboundedSender<CallEvent>,
+    shared: Arc<CallShared>,
+    /// One entry per queued MESSAGE/DATA frame, in order; `Some` when a handle waits for it.
+    acks: VecDeque<Option<oneshot::Sender<()>>>,
+    handler: Option<tokio::task::AbortHandle>,
+    method: Arc<str>,
+    started: Instant,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+/// What a driver is started with.
+pub(crate) struct DriverSetup<T: Transport> {
+    pub(crate) alloc: T::Alloc,
+    pub(crate) sender: T::Sender,
+    pub(crate) receiver: T::Receiver,
+    pub(crate) peer: Arc<str>,
+    pub(crate) role: Role,
+    pub(crate) config: SessionConfig,
+    pub(crate) buf_rx: Option<mpsc::UnboundedReceiver<BufCommand<T::Buf>>>,
+    pub(crate) ctl_tx: mpsc::UnboundedSender<CallCommand>,
+    pub(crate) ctl_rx: mpsc::UnboundedReceiver<CallCommand>,
+    pub(crate) router: Option<Arc<Router>>,
+    /// Told the peer's SETTINGS once the handshake finished, or why it failed.
+    pub(crate) ready: Option<oneshot::Sender<Result<pb::Settings, Status>>>,
+    /// Set to true to start a graceful shutdown.
+    pub(crate) shutdown: watch::Receiver<bool>,
+    /// Where the connection's final status is published.
+    pub(crate) closed: Arc<CallShared>,
+}
+
+/// Runs a connection to its end. Returns how it ended.
+pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
+    let DriverSetup {
+        alloc,
+        sender,
+        mut receiver,
+        peer,
+        role,
+        config,
+        mut buf_rx,
+        ctl_tx,
+        mut ctl_rx,
+        router,
+        mut ready,
+        mut shutdown,
+        closed,
+    } = setup;
+    let limits = WireLimits { max_frame_size: config.max_frame_size };
+    let (tx_out, rx_out) = mpsc::unbounded_channel();
+    let mut writer = tokio::spawn(write_loop(alloc, sender, rx_out));
+    let mut session: Session<Outgoing<T::Buf>> = match Session::new(role, config, Instant::now()) {
+        Ok(session) => session,
+        Err(err) => return Status::internal(err.to_string()),
+    };
+    let mut slots: HashMap<u64, Slot> = HashMap::new();
+    let sleep = tokio::time::sleep_until(Instant::now().into());
+    tokio::pin!(sleep);
+    let mut writer_done = false;
+    let mut final_status = Status::ok();
+
+    loop {
+        // Everything the session decided: frames out, events to handles.
+        while let Some(transmit) = session.poll_transmit() {
+            if let Transmit::Data { header, .. } = &transmit
+                && matches!(header.kind, Kind::Message | Kind::Data)
+                && let Some(slot) = slots.get_mut(&header.call_id)
+            {
+                if let Some(Some(ack)) = slot.acks.pop_front() {
+                    let _ = ack.send(());
+                }
+            }
+            if tx_out.send(transmit).is_err() {
+                break;
+            }
+        }
+        if ready.is_some() && session.is_ready() {
+            if let (Some(ready), Some(settings)) = (ready.take(), session.peer_settings()) {
+                let _ = ready.send(Ok(settings.clone()));
+            }
+        }
+        while let Some(event) = session.poll_event() {
+            if let Event::ConnectionClosed(status) = &event {
+                final_status = status.clone();
+            }
+            dispatch(event, &mut session, &mut slots, router.as_deref(), &ctl_tx, &peer);
+        }
+        if session.is_closed() {
+            break;
+        }
+        if let Some(at) = session.poll_timeout() {
+            sleep.as_mut().reset(at.into());
+        }
+
+        tokio::select! {
+            biased;
+            cmd = recv_opt(&mut buf_rx) => match cmd {
+                Some(cmd) => apply_buf(cmd, &mut session, &mut slots),
+                None => {
+                    // Every client handle is gone: finish what is open, then close.
+                    buf_rx = None;
+                    session.shutdown(Status::ok());
+                }
+            },
+            Some(cmd) = ctl_rx.recv() => apply_ctl(cmd, &mut session, &mut slots),
+            msg = receiver.recv() => {
+                let now = Instant::now();
+                match msg {
+                    Ok(Some(bytes)) => match Frame::decode(bytes, &limits) {
+                        Ok(frame) => {
+                            count_in(&frame, &mut slots);
+                            if let Err(err) = session.handle_frame(now, frame) {
+                                tracing::warn!(%peer, %err, "closing connection: peer broke the protocol");
+                                session.handle_error(err.to_status());
+                            }
+                        }
+                        Err(err) => {
+                            tracing::warn!(%peer, %err, "closing connection: bad frame");
+                            session.handle_error(Status::internal(format!("bad frame from peer: {err}")));
+                        }
+                    },
+                    Ok(None) => session.handle_error(Status::unavailable("connection closed by the peer")),
+                    Err(err) => {
+                        tracing::warn!(%peer, %err, "closing connection: transport error");
+                        session.handle_error(Status::unavailable(format!("transport error: {err}")));
+                    }
+                }
+            }
+            _ = &mut sleep => session.handle_timeout(Instant::now()),
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    session.shutdown(Status::unavailable("server shutting down"));
+                }
+            }
+            result = &mut writer, if !writer_done => {
+                writer_done = true;
+                let reason = match result {
+                    Ok(Ok(())) => "writer stopped".to_string(),
+                    Ok(Err(err)) => format!("send failed: {err}"),
+                    Err(err) => format!("writer task failed: {err}"),
+                };
+                session.handle_error(Status::unavailable(reason));
+            }
+        }
+    }
+
+    // Flush what the session still has (the GOAWAY, trailers), then let the writer close.
+    while let Some(transmit) = session.poll_transmit() {
+        let _ = tx_out.send(transmit);
+    }
+    drop(tx_out);
+    if !writer_done {
+        let grace = std::time::Duration::from_secs(1);
+        if tokio::time::timeout(grace, &mut writer).await.is_err() {
+            writer.abort();
+        }
+    }
+    if let Some(ready) = ready.take() {
+        let _ = ready.send(Err(final_status.clone()));
+    }
+    let _ = closed.status.set(final_status.clone());
+    tracing::debug!(%peer, status = %final_status, "connection closed");
+    final_status
+}
+
+async fn recv_opt<C>(rx: &mut Option<mpsc::UnboundedReceiver<C>>) -> Option<C> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn count_in(frame: &Frame, slots: &mut HashMap<u64, Slot>) {
+    if let Frame::Message { id, body, .. } | Frame::Data { id, body, .. } = frame
+        && let Some(slot) = slots.get_mut(id)
+    {
+        slot.bytes_in += body.len() as u64;
+    }
+}
+
+fn apply_buf<B: crate::transport::SendBuffer>(
+    cmd: BufCommand<B>,
+    session: &mut Session<Outgoing<B>>,
+    slots: &mut HashMap<u64, Slot>,
+) {
+    match cmd {
+        BufCommand::Open { id, method, timeout, body, has_message, end, events, shared } => {
+            let len = body.len() as u64;
+            match session.open_call(Instant::now(), id, timeout, Outgoing::Buf(body), has_message, end) {
+                Ok(()) => {
+                    let slot = Slot {
+                        events,
+                        shared,
+                        acks: VecDeque::new(),
+                        handler: None,
+                        method,
+                        started: Instant::now(),
+                        bytes_in: 0,
+                        bytes_out: len,
+                    };
+                    slots.insert(id, slot);
+                }
+                Err(status) => {
+                    let _ = shared.status.set(status.clone());
+                    let _ = events.send(CallEvent::Closed(status));
+                }
+            }
+        }
+        BufCommand::Send { id, body, end, ack } => {
+            let len = body.len() as u64;
+            queue_send(session, slots, id, Kind::Message, Outgoing::Buf(body), end, ack, len);
+        }
+    }
+}
+
+fn apply_ctl<B: crate::transport::SendBuffer>(
+    cmd: CallCommand,
+    session: &mut Session<Outgoing<B>>,
+    slots: &mut HashMap<u64, Slot>,
+) {
+    match cmd {
+        CallCommand::SendBytes { id, kind, body, end, ack } => {
+            let len = body.len() as u64;
+            queue_send(session, slots, id, kind, Outgoing::Bytes(body), end, ack, len);
+            if end && session.role() == Role::Server {
+                finish_slot(slots, id, Status::ok());
+            }
+        }
+        CallCommand::End { id } => {
+            let _ = session.end_stream(id);
+        }
+        CallCommand::Finish { id, status } => {
+            session.finish(id, status.clone());
+            finish_slot(slots, id, status);
+        }
+        CallCommand::Consumed { id, len } => session.release(id, len),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn queue_send<B: crate::transport::SendBuffer>(
+    session: &mut Session<Outgoing<B>>,
+    slots: &mut HashMap<u64, Slot>,
+    id: u64,
+    kind: Kind,
+    body: Outgoing<B>,
+    end: bool,
+    ack: Option<oneshot::Sender<()>>,
+    len: u64,
+) {
+    let Some(slot) = slots.get_mut(&id) else { return };
+    match session.send(id, kind, body, end) {
+        Ok(()) => {
+            slot.acks.push_back(ack);
+            slot.bytes_out += len;
+        }
+        Err(status) => {
+            // Too large, or the call already ended: the handle learns it from its ack being
+            // dropped and the call's status.
+            session.finish(id, status.clone());
+            finish_slot(slots, id, status);
+        }
+    }
+}
+
+/// Ends a call's bookkeeping and tells its handle.
+fn finish_slot(slots: &mut HashMap<u64, Slot>, id: u64, status: Status) {
+    if let Some(slot) = slots.remove(&id) {
+        close_slot(slot, id, status);
+    }
+}
+
+fn close_slot(slot: Slot, id: u64, status: Status) {
+    let _ = slot.shared.status.set(status.clone());
+    let _ = slot.events.send(CallEvent::Closed(status.clone()));
+    if !status.is_ok()
+        && let Some(handler) = &slot.handler
+    {
+        handler.abort();
+    }
+    tracing::debug!(
+        call = id,
+        method = %slot.method,
+        duration_us = slot.started.elapsed().as_micros() as u64,
+        bytes_in = slot.bytes_in,
+        bytes_out = slot.bytes_out,
+        code = %status.code,
+        "call finished"
+    );
+}
+
+fn dispatch<B: crate::transport::SendBuffer>(
+    event: Event,
+    session: &mut Session<Outgoing<B>>,
+    slots: &mut HashMap<u64, Slot>,
+    router: Option<&Router>,
+    ctl: &mpsc::UnboundedSender<CallCommand>,
+    peer: &Arc<str>,
+) {
+    match event {
+        Event::Incoming { id, header } => {
+            let (events, events_rx) = mpsc::unbounded_channel();
+            let shared = Arc::new(CallShared::default());
+            let method: Arc<str> = header.method.as_str().into();
+            let ctx = RequestContext::new(&header, peer.clone());
+            let call = ServerCall::new(id, events_rx, ctl.clone(), ctx, shared.clone());
+            let routed = match router {
+                Some(router) => router.route(&method, call),
+                None => Err(call),
+            };
+            match routed {
+                Ok(future) => {
+                    let span = tracing::info_span!("rpc", method = %method, peer = %peer, call = id);
+                    let panic_ctl = ctl.clone();
+                    let guarded = async move {
+                        if std::panic::AssertUnwindSafe(future).catch_unwind().await.is_err() {
+                            let status = Status::internal("the server's handler panicked");
+                            let _ = panic_ctl.send(CallCommand::Finish { id, status });
+                        }
+                    };
+                    let handle = tokio::spawn(guarded.instrument(span));
+                    let slot = Slot {
+                        events,
+                        shared,
+                        acks: VecDeque::new(),
+                        handler: Some(handle.abort_handle()),
+                        method,
+                        started: Instant::now(),
+                        bytes_in: 0,
+                        bytes_out: 0,
+                    };
+                    slots.insert(id, slot);
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, %method, "unknown method");
+                    let known = router.map(Router::describe).unwrap_or_default();
+                    session.finish(
+                        id,
+                        Status::unimplemented(format!("method {method} is not served here; this server serves: {known}")),
+                    );
+                }
+            }
+        }
+        Event::Message { id, body, end } => deliver(slots, session.role(), id, CallEvent::Message(body), end),
+        Event::Data { id, body, end } => deliver(slots, session.role(), id, CallEvent::Data(body), end),
+        Event::RemoteEnd { id } => {
+            if let Some(slot) = slots.get(&id) {
+                let _ = slot.events.send(CallEvent::End);
+            }
+        }
+        Event::Closed { id, status } => finish_slot(slots, id, status),
+        Event::GoAway { last_call_id, status } => {
+            tracing::debug!(%peer, last_call_id, %status, "peer sent GOAWAY");
+        }
+        _ => {}
+    }
+}
+
+fn deliver(slots: &mut HashMap<u64, Slot>, role: Role, id: u64, event: CallEvent, end: bool) {
+    if let Some(slot) = slots.get_mut(&id) {
+        let _ = slot.events.send(event);
+        // A client learns the end from `Closed`; a server's handler needs the half-close.
+        if end && role == Role::Server {
+            let _ = slot.events.send(CallEvent::End);
+        }
+    }
+}

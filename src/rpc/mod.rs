@@ -1,0 +1,58 @@
+//! Clients and servers over a [`Session`](crate::session::Session) and a
+//! [`Transport`](crate::transport::Transport).
+//!
+//! - [`Client`] opens calls: `unary`, `server_streaming`, `streaming` (client-streaming and
+//!   bidirectional). Generated `<Service>Client<T>` types wrap it with typed methods.
+//! - [`Server`] routes calls to [`Service`]s (generated `<Service>Server<S>` adapters around the
+//!   trait you implement) and runs one driver task per connection.
+//! - Handlers and callers exchange messages through [`CallReceiver`], [`CallSender`] and
+//!   [`ResponseSender`]; raw stream data (bulk bytes) goes through their `*_data` methods.
+//!
+//! Each connection's driver (`driver.rs`) is a thin async shell around the IO-free session; a
+//! writer task owns the transport's sending half. Calls get tracing spans with method, peer,
+//! duration and bytes.
+
+mod call;
+mod client;
+mod codec;
+mod command;
+mod driver;
+mod server;
+mod writer;
+
+pub use call::{CallReceiver, CallSender, Incoming, ResponseSender};
+pub use client::{CallOptions, Client};
+pub use server::{
+    Finisher, HandlerFuture, RequestContext, Router, Server, ServerCall, Service, serve_client_streaming,
+    serve_server_streaming, serve_streaming, serve_unary,
+};
+
+use crate::session::{ConfigError, SessionConfig};
+use crate::status::Status;
+
+/// Settings of a connection, client or server side.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionConfig {
+    /// Limits, windows and keepalive.
+    pub session: SessionConfig,
+}
+
+/// Why a client could not connect.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The configuration cannot work.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// The transport could not connect.
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
+    /// The peer did not complete the rdma-rpc handshake.
+    #[error("handshake with {peer} failed: {status}")]
+    Handshake {
+        /// The peer.
+        peer: String,
+        /// Why.
+        status: Status,
+    },
+}

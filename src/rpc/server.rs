@@ -1,0 +1,290 @@
+//! The server: routes incoming calls to services (the generated `<Service>Server` adapters) and
+//! runs one driver task per connection. A connection that breaks the protocol is closed on its own;
+//! the others keep being served.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use super::call::{CallReceiver, ResponseSender};
+use super::codec;
+use super::command::{CallCommand, CallEvent, CallShared};
+use super::driver::{DriverSetup, drive};
+use super::ConnectionConfig;
+use crate::pb::rpc as pb;
+use crate::session::Role;
+use crate::status::Status;
+use crate::transport::Transport;
+use crate::transport::tcp::TcpListener;
+use crate::wire::Kind;
+
+/// A running handler.
+pub type HandlerFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// A set of methods under one service name. The code generator implements it for every service.
+pub trait Service: Send + Sync + 'static {
+    /// "package.Service".
+    fn name(&self) -> &'static str;
+    /// Full paths of the methods, "/package.Service/Method".
+    fn methods(&self) -> &'static [&'static str];
+    /// Starts handling `call` to `method`, or gives the call back if the method is not served.
+    fn call(&self, method: &str, call: ServerCall) -> Result<HandlerFuture, ServerCall>;
+}
+
+/// What a handler knows about its call.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    /// "/package.Service/Method".
+    pub method: String,
+    /// The client, as a URL.
+    pub peer: Arc<str>,
+    /// When the caller gives up; the call is aborted then.
+    pub deadline: Option<Instant>,
+    /// The caller's metadata.
+    pub metadata: HashMap<String, String>,
+}
+
+impl RequestContext {
+    pub(crate) fn new(header: &pb::CallHeader, peer: Arc<str>) -> Self {
+        let deadline =
+            (header.timeout_micros > 0).then(|| Instant::now() + Duration::from_micros(header.timeout_micros));
+        RequestContext { method: header.method.clone(), peer, deadline, metadata: header.metadata.clone() }
+    }
+}
+
+/// An incoming call, before a handler took it.
+#[derive(Debug)]
+pub struct ServerCall {
+    id: u64,
+    events: mpsc::UnboundedReceiver<CallEvent>,
+    ctl: mpsc::UnboundedSender<CallCommand>,
+    ctx: RequestContext,
+    shared: Arc<CallShared>,
+}
+
+impl ServerCall {
+    pub(crate) fn new(
+        id: u64,
+        events: mpsc::UnboundedReceiver<CallEvent>,
+        ctl: mpsc::UnboundedSender<CallCommand>,
+        ctx: RequestContext,
+        shared: Arc<CallShared>,
+    ) -> Self {
+        ServerCall { id, events, ctl, ctx, shared }
+    }
+
+    /// The call's context.
+    pub fn context(&self) -> &RequestContext {
+        &self.ctx
+    }
+
+    /// Splits into the request stream, the response sender and the context (for handlers that
+    /// work with raw stream data).
+    pub fn into_parts<Req: Message + Default, Res: Message>(
+        self,
+    ) -> (CallReceiver<Req>, ResponseSender<Res>, RequestContext, Finisher) {
+        let receiver = CallReceiver::new(self.id, self.events, self.ctl.clone(), self.shared.clone(), None);
+        let sender = ResponseSender::new(self.id, self.ctl.clone(), self.shared);
+        (receiver, sender, self.ctx, Finisher { id: self.id, ctl: self.ctl })
+    }
+}
+
+/// Ends a server call: the final reply or status.
+#[derive(Debug)]
+pub struct Finisher {
+    id: u64,
+    ctl: mpsc::UnboundedSender<CallCommand>,
+}
+
+impl Finisher {
+    /// Ends the call with a final message (success).
+    pub fn reply<M: Message>(self, message: &M) {
+        let body = codec::encode_to_bytes(message);
+        let _ = self.ctl.send(CallCommand::SendBytes { id: self.id, kind: Kind::Message, body, end: true, ack: None });
+    }
+
+    /// Ends the call with `status` (`Ok` after a response stream).
+    pub fn status(self, status: Status) {
+        let _ = self.ctl.send(CallCommand::Finish { id: self.id, status });
+    }
+
+    /// Ends the call from a handler's result.
+    pub fn result<M: Message>(self, result: Result<M, Status>) {
+        match result {
+            Ok(message) => self.reply(&message),
+            Err(status) => self.status(status),
+        }
+    }
+}
+
+async fn single_request<Req: Message + Default>(requests: &mut CallReceiver<Req>) -> Result<Req, Status> {
+    let request = requests.message().await?.ok_or_else(|| Status::invalid_argument("the call carried no request"))?;
+    if requests.message().await?.is_some() {
+        return Err(Status::invalid_argument("more than one request on a unary call"));
+    }
+    Ok(request)
+}
+
+/// Serves a unary method (used by generated code).
+pub async fn serve_unary<Req, Res, F, Fut>(call: ServerCall, handler: F)
+where
+    Req: Message + Default,
+    Res: Message,
+    F: FnOnce(Req, RequestContext) -> Fut,
+    Fut: Future<Output = Result<Res, Status>>,
+{
+    let (mut requests, _, ctx, finish) = call.into_parts::<Req, Res>();
+    match single_request(&mut requests).await {
+        Ok(request) => finish.result(handler(request, ctx).await),
+        Err(status) => finish.status(status),
+    }
+}
+
+/// Serves a server-streaming method (used by generated code).
+pub async fn serve_server_streaming<Req, Res, F, Fut>(call: ServerCall, handler: F)
+where
+    Req: Message + Default,
+    Res: Message,
+    F: FnOnce(Req, ResponseSender<Res>, RequestContext) -> Fut,
+    Fut: Future<Output = Result<(), Status>>,
+{
+    let (mut requests, responses, ctx, finish) = call.into_parts::<Req, Res>();
+    match single_request(&mut requests).await {
+        Ok(request) => finish.status(handler(request, responses, ctx).await.err().unwrap_or_else(Status::ok)),
+        Err(status) => finish.status(status),
+    }
+}
+
+/// Serves a client-streaming method (used by generated code).
+pub async fn serve_client_streaming<Req, Res, F, Fut>(call: ServerCall, handler: F)
+where
+    Req: Message + Default,
+    Res: Message,
+    F: FnOnce(CallReceiver<Req>, RequestContext) -> Fut,
+    Fut: Future<Output = Result<Res, Status>>,
+{
+    let (requests, _, ctx, finish) = call.into_parts::<Req, Res>();
+    finish.result(handler(requests, ctx).await);
+}
+
+/// Serves a bidirectional-streaming method (used by generated code).
+pub async fn serve_streaming<Req, Res, F, Fut>(call: ServerCall, handler: F)
+where
+    Req: Message + Default,
+    Res: Message,
+    F: FnOnce(CallReceiver<Req>, ResponseSender<Res>, RequestContext) -> Fut,
+    Fut: Future<Output = Result<(), Status>>,
+{
+    let (requests, responses, ctx, finish) = call.into_parts::<Req, Res>();
+    finish.status(handler(requests, responses, ctx).await.err().unwrap_or_else(Status::ok));
+}
+
+/// Method paths to services.
+#[derive(Default)]
+pub struct Router {
+    services: Vec<Arc<dyn Service>>,
+    methods: HashMap<&'static str, usize>,
+}
+
+impl Router {
+    /// Adds a service; its methods replace any of the same path.
+    pub fn add(&mut self, service: impl Service) {
+        let index = self.services.len();
+        for method in service.methods() {
+            self.methods.insert(method, index);
+        }
+        self.services.push(Arc::new(service));
+    }
+
+    pub(crate) fn route(&self, method: &str, call: ServerCall) -> Result<HandlerFuture, ServerCall> {
+        match self.methods.get(method).and_then(|&i| self.services.get(i)) {
+            Some(service) => service.call(method, call),
+            None => Err(call),
+        }
+    }
+
+    /// The services served, for error messages.
+    pub fn describe(&self) -> String {
+        let names: Vec<&str> = self.services.iter().map(|s| s.name()).collect();
+        names.join(", ")
+    }
+}
+
+/// Serves services on connections.
+pub struct Server {
+    router: Arc<Router>,
+    config: ConnectionConfig,
+    shutdown: watch::Sender<bool>,
+    connections: JoinSet<Status>,
+}
+
+impl Server {
+    /// A server with these services.
+    pub fn new(router: Router, config: ConnectionConfig) -> Self {
+        let (shutdown, _) = watch::channel(false);
+        Server { router: Arc::new(router), config, shutdown, connections: JoinSet::new() }
+    }
+
+    /// Serves one established connection in a task of its own.
+    pub fn serve_connection<T: Transport>(&mut self, transport: T) {
+        let peer: Arc<str> = transport.peer().into();
+        let (alloc, sender, receiver) = transport.split();
+        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+        let setup = DriverSetup::<T> {
+            alloc,
+            sender,
+            receiver,
+            peer,
+            role: Role::Server,
+            config: self.config.session.clone(),
+            buf_rx: None,
+            ctl_tx,
+            ctl_rx,
+            router: Some(self.router.clone()),
+            ready: None,
+            shutdown: self.shutdown.subscribe(),
+            closed: Arc::new(CallShared::default()),
+        };
+        // Reap finished connections so the set does not grow with every client ever served.
+        while self.connections.try_join_next().is_some() {}
+        self.connections.spawn(drive(setup));
+    }
+
+    /// Accepts TCP connections until `shutdown` resolves, then shuts down gracefully: GOAWAY on
+    /// every connection, in-flight calls drain for up to `drain`, the rest are aborted.
+    pub async fn serve_tcp(
+        mut self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+        drain: Duration,
+    ) -> std::io::Result<()> {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(connection) => self.serve_connection(connection),
+                    Err(err) => tracing::warn!(%err, "accept failed"),
+                },
+                () = &mut shutdown => break,
+            }
+        }
+        self.shutdown(drain).await;
+        Ok(())
+    }
+
+    /// Sends GOAWAY on every connection and waits up to `drain` for their calls to finish.
+    pub async fn shutdown(mut self, drain: Duration) {
+        let _ = self.shutdown.send(true);
+        let all = async { while self.connections.join_next().await.is_some() {} };
+        if tokio::time::timeout(drain, all).await.is_err() {
+            tracing::warn!(?drain, "calls still running after the drain period; aborting them");
+            self.connections.abort_all();
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! The writer task: owns a connection's sending half, encodes control frames, back-patches headers
+//! into data frames, and flushes in batches (everything queued at the moment goes out in one
+//! vectored write, up to a cap).
+
+use tokio::sync::mpsc;
+
+use super::command::Outgoing;
+use crate::session::Transmit;
+use crate::transport::{BufferAlloc, FrameSender, SendBuffer, TransportError};
+use crate::wire::{HEADER_LEN, Frame, FrameHeader};
+
+/// Frames to queue before a flush even when more are waiting, so one busy connection does not
+/// hold a huge batch.
+const MAX_BATCH: usize = 256;
+
+/// Writes frames until the driver drops its end of the queue, then closes the sending direction.
+pub(crate) async fn write_loop<A, S>(
+    alloc: A,
+    mut sender: S,
+    mut frames: mpsc::UnboundedReceiver<Transmit<Outgoing<A::Buf>>>,
+) -> Result<(), TransportError>
+where
+    A: BufferAlloc,
+    S: FrameSender<Buf = A::Buf>,
+{
+    while let Some(first) = frames.recv().await {
+        feed(&alloc, &mut sender, first).await?;
+        let mut batched = 1;
+        while batched < MAX_BATCH {
+            match frames.try_recv() {
+                Ok(next) => feed(&alloc, &mut sender, next).await?,
+                Err(_) => break,
+            }
+            batched += 1;
+        }
+        sender.flush().await?;
+    }
+    sender.close().await
+}
+
+async fn feed<A, S>(alloc: &A, sender: &mut S, transmit: Transmit<Outgoing<A::Buf>>) -> Result<(), TransportError>
+where
+    A: BufferAlloc,
+    S: FrameSender<Buf = A::Buf>,
+{
+    match transmit {
+        Transmit::Control(frame) => sender.feed(encode_control(alloc, &frame).await?),
+        Transmit::Data { header, body: Outgoing::Buf(mut buf) } => {
+            patch_header(&header, &mut buf)?;
+            sender.feed(buf)
+        }
+        Transmit::Data { header, body: Outgoing::Bytes(payload) } => {
+            let mut head = alloc.alloc(HEADER_LEN).await?;
+            header.encode(head.writer());
+            sender.feed_with_payload(head, payload)
+        }
+    }
+}
+
+async fn encode_control<A: BufferAlloc>(alloc: &A, frame: &Frame) -> Result<A::Buf, TransportError> {
+    let mut buf = alloc.alloc(frame.encoded_len()).await?;
+    frame.encode(buf.writer());
+    Ok(buf)
+}
+
+/// Writes the header into the `HEADER_LEN` bytes of room the encoder left at the front.
+pub(crate) fn patch_header<B: SendBuffer>(header: &FrameHeader, buf: &mut B) -> Result<(), TransportError> {
+    let room = buf
+        .written_mut()
+        .get_mut(..HEADER_LEN)
+        .and_then(|s| <&mut [u8; HEADER_LEN]>::try_from(s).ok())
+        .ok_or_else(|| TransportError::Other("send buffer has no room for the frame header".into()))?;
+    header.write_to(room);
+    Ok(())
+}

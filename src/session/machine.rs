@@ -1,0 +1,619 @@
+//! The session state machine itself. See the module overview in `session/mod.rs`.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::flow::{RecvWindow, SendWindow};
+use super::{Body, ConfigError, Event, Role, SessionConfig, SessionError, Transmit};
+use crate::pb::rpc as pb;
+use crate::status::{Code, Status};
+use crate::wire::{FLAG_END_STREAM, FLAG_HAS_MESSAGE, Frame, FrameHeader, HEADER_LEN, Kind};
+
+/// An item waiting in a call's send queue, in order.
+#[derive(Debug)]
+enum Pending<B> {
+    /// Needs credit.
+    Data { header: FrameHeader, body: B },
+    /// Ordered after the data before it, needs no credit (StreamEnd, Trailer).
+    Control(Frame),
+}
+
+#[derive(Debug)]
+struct Call<B> {
+    queue: VecDeque<Pending<B>>,
+    send: SendWindow,
+    recv: RecvWindow,
+    deadline: Option<Instant>,
+    /// This side sent its last frame (or queued it).
+    local_end: bool,
+    /// The peer sent its last frame.
+    remote_end: bool,
+    /// Queued in `ready`.
+    ready: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Waiting for the peer's SETTINGS; call data is held back.
+    Handshake,
+    Open,
+    /// GOAWAY sent or received: no new calls, open ones drain.
+    Draining,
+    Closed,
+}
+
+/// One connection's protocol state. `B` is the driver's outgoing body type.
+#[derive(Debug)]
+pub struct Session<B> {
+    role: Role,
+    config: SessionConfig,
+    state: State,
+    peer: Option<pb::Settings>,
+    calls: HashMap<u64, Call<B>>,
+    deadlines: BTreeSet<(Instant, u64)>,
+    ready: VecDeque<u64>,
+    control: VecDeque<Frame>,
+    events: VecDeque<Event>,
+    conn_send: SendWindow,
+    conn_recv: RecvWindow,
+    /// Highest call id the peer opened (server) or this side opened (client).
+    last_call_id: u64,
+    /// Calls above this id are refused (set by GOAWAY).
+    goaway_limit: Option<u64>,
+    created: Instant,
+    last_heard: Instant,
+    ping_sent: Option<Instant>,
+    ping_seq: u64,
+}
+
+impl<B: Body> Session<B> {
+    /// A new session that has queued its SETTINGS.
+    pub fn new(role: Role, config: SessionConfig, now: Instant) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let settings = config.to_settings();
+        let conn_recv = RecvWindow::new(config.connection_window);
+        Ok(Session {
+            role,
+            state: State::Handshake,
+            peer: None,
+            calls: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            ready: VecDeque::new(),
+            control: VecDeque::from([Frame::Settings(settings)]),
+            events: VecDeque::new(),
+            conn_send: SendWindow::new(0),
+            conn_recv,
+            last_call_id: 0,
+            goaway_limit: None,
+            created: now,
+            last_heard: now,
+            ping_sent: None,
+            ping_seq: 0,
+            config,
+        })
+    }
+
+    /// Which end this is.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The peer's SETTINGS, once received.
+    pub fn peer_settings(&self) -> Option<&pb::Settings> {
+        self.peer.as_ref()
+    }
+
+    /// Whether the handshake finished and calls can flow.
+    pub fn is_ready(&self) -> bool {
+        matches!(self.state, State::Open | State::Draining)
+    }
+
+    /// Whether the connection is over; the driver flushes what is left and closes the transport.
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// Calls open now.
+    pub fn open_calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Largest frame the peer accepts (header included); before its SETTINGS, this side's own.
+    pub fn max_send_frame(&self) -> usize {
+        self.peer.as_ref().map_or(self.config.max_frame_size, |p| p.max_frame_size as usize)
+    }
+
+    /// Client: opens call `id` with an encoded CALL body (length-delimited `CallHeader`, then the
+    /// first message when `has_message`). Ids must grow; the driver allocates them.
+    pub fn open_call(
+        &mut self,
+        now: Instant,
+        id: u64,
+        timeout: Option<Duration>,
+        body: B,
+        has_message: bool,
+        end: bool,
+    ) -> Result<(), Status> {
+        if self.role != Role::Client {
+            return Err(Status::internal("only a client opens calls"));
+        }
+        match self.state {
+            State::Closed => return Err(Status::unavailable("connection closed")),
+            State::Draining => return Err(Status::unavailable("connection is shutting down (GOAWAY); retry on a new connection")),
+            _ => {}
+        }
+        if id == 0 || self.calls.contains_key(&id) {
+            return Err(Status::internal(format!("call id {id} is not fresh")));
+        }
+        self.check_frame_len(body.body_len())?;
+        let peer_window = self.peer.as_ref().map_or(0, |p| p.initial_call_window);
+        let mut call = self.new_call(peer_window, now, timeout, id);
+        let header = FrameHeader::new(Kind::Call, id)
+            .with_flag(FLAG_HAS_MESSAGE, has_message)
+            .with_flag(FLAG_END_STREAM, end);
+        call.local_end = end;
+        call.queue.push_back(Pending::Data { header, body });
+        self.calls.insert(id, call);
+        self.last_call_id = self.last_call_id.max(id);
+        self.make_ready(id);
+        Ok(())
+    }
+
+    /// Queues a MESSAGE or DATA frame on call `id`. `end` half-closes (for a server: the call
+    /// succeeded).
+    pub fn send(&mut self, id: u64, kind: Kind, body: B, end: bool) -> Result<(), Status> {
+        if !matches!(kind, Kind::Message | Kind::Data) {
+            return Err(Status::internal("send takes MESSAGE or DATA"));
+        }
+        self.check_frame_len(body.body_len())?;
+        let call = self.open_call_mut(id)?;
+        call.local_end = end;
+        let header = FrameHeader::new(kind, id).with_flag(FLAG_END_STREAM, end);
+        call.queue.push_back(Pending::Data { header, body });
+        self.make_ready(id);
+        Ok(())
+    }
+
+    /// Half-closes call `id` without data.
+    pub fn end_stream(&mut self, id: u64) -> Result<(), Status> {
+        let call = self.open_call_mut(id)?;
+        call.local_end = true;
+        call.queue.push_back(Pending::Control(Frame::StreamEnd { id }));
+        self.make_ready(id);
+        Ok(())
+    }
+
+    /// Ends call `id` with `status`. Server: the trailer goes after the call's queued data.
+    /// Client: cancels the call at once; queued data is dropped and the server is told.
+    pub fn finish(&mut self, id: u64, status: Status) {
+        let trailer = Frame::Trailer { id, status: status.to_proto() };
+        match self.role {
+            Role::Server => {
+                if let Some(call) = self.calls.get_mut(&id).filter(|c| !c.local_end) {
+                    call.local_end = true;
+                    call.queue.push_back(Pending::Control(trailer));
+                    self.make_ready(id);
+                }
+            }
+            Role::Client => {
+                if self.remove_call(id).is_some() {
+                    self.control.push_back(trailer);
+                    self.check_drained();
+                }
+            }
+        }
+    }
+
+    /// The application consumed `len` bytes of call `id`'s data: grant the peer more credit.
+    pub fn release(&mut self, id: u64, len: usize) {
+        if let Some(call) = self.calls.get_mut(&id).filter(|c| !c.remote_end)
+            && let Some(bytes) = call.recv.release(len)
+        {
+            self.control.push_back(Frame::Credit { id, bytes, frames: 0 });
+        }
+    }
+
+    /// Starts a graceful shutdown: GOAWAY, no new calls, open calls drain.
+    pub fn shutdown(&mut self, status: Status) {
+        if matches!(self.state, State::Closed | State::Draining) {
+            return;
+        }
+        self.state = State::Draining;
+        let last_call_id = if self.role == Role::Server { self.last_call_id } else { 0 };
+        self.goaway_limit = Some(last_call_id);
+        self.control.push_back(Frame::GoAway(pb::GoAway { last_call_id, status: Some(status.to_proto()) }));
+        self.check_drained();
+    }
+
+    /// The transport failed or the peer broke the protocol: every call ends with `status`.
+    pub fn handle_error(&mut self, status: Status) {
+        if self.state == State::Closed {
+            return;
+        }
+        let ids: Vec<u64> = self.calls.keys().copied().collect();
+        for id in ids {
+            self.remove_call(id);
+            self.events.push_back(Event::Closed { id, status: status.clone() });
+        }
+        self.control.clear();
+        self.control.push_back(Frame::GoAway(pb::GoAway {
+            last_call_id: self.last_call_id,
+            status: Some(status.to_proto()),
+        }));
+        self.close(status);
+    }
+
+    /// Feeds one decoded frame from the peer.
+    pub fn handle_frame(&mut self, now: Instant, frame: Frame) -> Result<(), SessionError> {
+        self.last_heard = now;
+        self.ping_sent = None;
+        if self.state == State::Closed {
+            return Ok(());
+        }
+        if self.state == State::Handshake && !matches!(frame, Frame::Settings(_)) {
+            return Err(SessionError::Protocol("first frame must be SETTINGS"));
+        }
+        match frame {
+            Frame::Settings(settings) => self.on_settings(settings)?,
+            Frame::Call { id, header, message, end } => self.on_call(now, id, header, message, end)?,
+            Frame::Message { id, body, end } => self.on_data(id, body, end, false)?,
+            Frame::Data { id, body, end } => self.on_data(id, body, end, true)?,
+            Frame::StreamEnd { id } => self.on_end(id),
+            Frame::Trailer { id, status } => {
+                if self.remove_call(id).is_some() {
+                    self.events.push_back(Event::Closed { id, status: Status::from_proto(status) });
+                    self.check_drained();
+                }
+            }
+            Frame::Credit { id: 0, bytes, .. } => {
+                self.conn_send.grant(bytes);
+                let blocked: Vec<u64> = self.calls.iter().filter(|(_, c)| !c.queue.is_empty()).map(|(id, _)| *id).collect();
+                for id in blocked {
+                    self.make_ready(id);
+                }
+            }
+            Frame::Credit { id, bytes, .. } => {
+                if let Some(call) = self.calls.get_mut(&id) {
+                    call.send.grant(bytes);
+                    self.make_ready(id);
+                }
+            }
+            Frame::Ping(v) => self.control.push_back(Frame::Pong(v)),
+            Frame::Pong(_) => {}
+            Frame::GoAway(goaway) => self.on_goaway(goaway),
+        }
+        Ok(())
+    }
+
+    /// Advances timers: deadlines and keepalive.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(deadline, id)) = self.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            if self.remove_call(id).is_some() {
+                let status = Status::deadline_exceeded("deadline exceeded before the call finished");
+                self.control.push_back(Frame::Trailer { id, status: status.to_proto() });
+                self.events.push_back(Event::Closed { id, status });
+                self.check_drained();
+            }
+        }
+        if self.state == State::Closed {
+            return;
+        }
+        let timeout = self.config.keepalive_timeout;
+        if self.state == State::Handshake && now.duration_since(self.created) >= timeout {
+            self.handle_error(Status::unavailable(format!(
+                "no SETTINGS from the peer within {timeout:?}: is it an rdma-rpc server of a compatible version?"
+            )));
+        } else if let Some(sent) = self.ping_sent {
+            if now.duration_since(sent) >= timeout {
+                self.handle_error(Status::unavailable(format!(
+                    "peer silent for {:?} (keepalive timeout): it died or the network is cut",
+                    now.duration_since(self.last_heard)
+                )));
+            }
+        } else if now.duration_since(self.last_heard) >= self.config.keepalive_interval {
+            self.ping_seq += 1;
+            self.ping_sent = Some(now);
+            self.control.push_back(Frame::Ping(self.ping_seq));
+        }
+    }
+
+    /// When `handle_timeout` must run next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.state == State::Closed {
+            return None;
+        }
+        let keepalive = match (self.state, self.ping_sent) {
+            (State::Handshake, _) => self.created + self.config.keepalive_timeout,
+            (_, Some(sent)) => sent + self.config.keepalive_timeout,
+            (_, None) => self.last_heard + self.config.keepalive_interval,
+        };
+        Some(self.deadlines.first().map_or(keepalive, |&(d, _)| d.min(keepalive)))
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The next frame to send: control frames first, then call data round-robin, as credit allows.
+    pub fn poll_transmit(&mut self) -> Option<Transmit<B>> {
+        if let Some(frame) = self.control.pop_front() {
+            return Some(Transmit::Control(frame));
+        }
+        if !self.is_ready() {
+            return None;
+        }
+        while let Some(id) = self.ready.pop_front() {
+            let Some(call) = self.calls.get_mut(&id) else { continue };
+            call.ready = false;
+            let sendable = match call.queue.front() {
+                None => continue,
+                Some(Pending::Control(_)) => true,
+                Some(Pending::Data { body, .. }) => {
+                    let len = body.body_len();
+                    if !self.conn_send.can_send(len) {
+                        // Blocked on the connection window: a connection CREDIT re-queues it.
+                        self.ready.push_front(id);
+                        if let Some(call) = self.calls.get_mut(&id) {
+                            call.ready = true;
+                        }
+                        return None;
+                    }
+                    call.send.can_send(len)
+                }
+            };
+            if !sendable {
+                continue; // blocked on the call window: a CREDIT for this call re-queues it
+            }
+            let transmit = match call.queue.pop_front() {
+                Some(Pending::Data { header, body }) => {
+                    call.send.consume(body.body_len());
+                    self.conn_send.consume(body.body_len());
+                    Transmit::Data { header, body }
+                }
+                Some(Pending::Control(frame)) => Transmit::Control(frame),
+                None => continue,
+            };
+            let finished = call.queue.is_empty() && call.local_end && self.role == Role::Server;
+            if finished {
+                self.remove_call(id);
+                self.check_drained();
+            } else if !call.queue.is_empty() {
+                self.make_ready(id);
+            }
+            return Some(transmit);
+        }
+        None
+    }
+
+    /// Credit this side holds for the connection, for diagnostics.
+    pub fn connection_credit(&self) -> u64 {
+        self.conn_send.available()
+    }
+
+    fn on_settings(&mut self, settings: pb::Settings) -> Result<(), SessionError> {
+        if self.peer.is_some() {
+            return Err(SessionError::Protocol("SETTINGS sent twice"));
+        }
+        let frame = u64::from(settings.max_frame_size);
+        if (settings.max_frame_size as usize) < HEADER_LEN
+            || settings.initial_call_window < frame
+            || settings.connection_window < frame
+        {
+            return Err(SessionError::Settings(format!(
+                "windows ({} per call, {} per connection) must hold one frame of {} bytes",
+                settings.initial_call_window, settings.connection_window, settings.max_frame_size
+            )));
+        }
+        self.conn_send.grant(settings.connection_window);
+        for call in self.calls.values_mut() {
+            call.send.grant(settings.initial_call_window);
+        }
+        self.peer = Some(settings);
+        if self.state == State::Handshake {
+            self.state = State::Open;
+        }
+        let ids: Vec<u64> = self.calls.keys().copied().collect();
+        for id in ids {
+            self.make_ready(id);
+        }
+        Ok(())
+    }
+
+    fn on_call(
+        &mut self,
+        now: Instant,
+        id: u64,
+        header: pb::CallHeader,
+        message: Option<Bytes>,
+        end: bool,
+    ) -> Result<(), SessionError> {
+        if self.role != Role::Server {
+            return Err(SessionError::Protocol("a server opened a call"));
+        }
+        if self.calls.contains_key(&id) {
+            return Err(SessionError::Protocol("CALL for a call id already open"));
+        }
+        let len = message.as_ref().map_or(0, Bytes::len);
+        self.receive_connection_bytes(id, len)?;
+        self.release_connection_bytes(len);
+        let refusal = if self.goaway_limit.is_some_and(|limit| id > limit) {
+            Some(Status::unavailable("server is shutting down (GOAWAY); retry on a new connection"))
+        } else if self.calls.len() >= self.config.max_concurrent_calls as usize {
+            Some(Status::resource_exhausted(format!(
+                "server allows {} concurrent calls per connection",
+                self.config.max_concurrent_calls
+            )))
+        } else {
+            None
+        };
+        if let Some(status) = refusal {
+            self.control.push_back(Frame::Trailer { id, status: status.to_proto() });
+            return Ok(());
+        }
+        self.last_call_id = self.last_call_id.max(id);
+        let timeout = (header.timeout_micros > 0).then(|| Duration::from_micros(header.timeout_micros));
+        let peer_window = self.peer.as_ref().map_or(0, |p| p.initial_call_window);
+        let mut call = self.new_call(peer_window, now, timeout, id);
+        if !call.recv.receive(len) {
+            return Err(SessionError::FlowControl { id, len, credit: call.recv.remaining() });
+        }
+        call.remote_end = end;
+        self.calls.insert(id, call);
+        self.events.push_back(Event::Incoming { id, header });
+        match message {
+            Some(body) => self.events.push_back(Event::Message { id, body, end }),
+            None if end => self.events.push_back(Event::RemoteEnd { id }),
+            None => {}
+        }
+        Ok(())
+    }
+
+    fn on_data(&mut self, id: u64, body: Bytes, end: bool, raw: bool) -> Result<(), SessionError> {
+        let len = body.len();
+        self.receive_connection_bytes(id, len)?;
+        self.release_connection_bytes(len);
+        let Some(call) = self.calls.get_mut(&id) else {
+            // A call this side already ended (cancelled, deadline): its data is dropped.
+            return Ok(());
+        };
+        if call.remote_end {
+            return Err(SessionError::Protocol("data after the peer ended its stream"));
+        }
+        if !call.recv.receive(len) {
+            return Err(SessionError::FlowControl { id, len, credit: call.recv.remaining() });
+        }
+        call.remote_end = end;
+        self.events.push_back(if raw { Event::Data { id, body, end } } else { Event::Message { id, body, end } });
+        if end && self.role == Role::Client {
+            self.complete_client_call(id);
+        }
+        Ok(())
+    }
+
+    fn on_end(&mut self, id: u64) {
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        call.remote_end = true;
+        self.events.push_back(Event::RemoteEnd { id });
+        if self.role == Role::Client {
+            self.complete_client_call(id);
+        }
+    }
+
+    fn on_goaway(&mut self, goaway: pb::GoAway) {
+        let status = goaway.status.map(Status::from_proto).unwrap_or_else(|| Status::unavailable("peer going away"));
+        if self.role == Role::Client {
+            let unprocessed: Vec<u64> = self.calls.keys().copied().filter(|&id| id > goaway.last_call_id).collect();
+            for id in unprocessed {
+                self.remove_call(id);
+                self.events.push_back(Event::Closed {
+                    id,
+                    status: Status::new(Code::Unavailable, format!("not processed: server going away ({status}); retry")),
+                });
+            }
+        }
+        self.events.push_back(Event::GoAway { last_call_id: goaway.last_call_id, status: status.clone() });
+        if status.code != Code::Ok && status.code != Code::Unavailable {
+            self.handle_error(status);
+            return;
+        }
+        if self.state != State::Closed {
+            self.state = State::Draining;
+            self.goaway_limit.get_or_insert(self.last_call_id);
+        }
+        self.check_drained();
+    }
+
+    /// A server ended the call successfully (END on its last frame).
+    fn complete_client_call(&mut self, id: u64) {
+        self.remove_call(id);
+        self.events.push_back(Event::Closed { id, status: Status::ok() });
+        self.check_drained();
+    }
+
+    fn receive_connection_bytes(&mut self, id: u64, len: usize) -> Result<(), SessionError> {
+        if self.conn_recv.receive(len) {
+            Ok(())
+        } else {
+            Err(SessionError::FlowControl { id, len, credit: self.conn_recv.remaining() })
+        }
+    }
+
+    /// Connection credit is returned on receipt: what one connection can make this side buffer is
+    /// bounded by the per-call windows, which return only as the application consumes.
+    fn release_connection_bytes(&mut self, len: usize) {
+        if let Some(bytes) = self.conn_recv.release(len) {
+            self.control.push_back(Frame::Credit { id: 0, bytes, frames: 0 });
+        }
+    }
+
+    fn new_call(&mut self, peer_window: u64, now: Instant, timeout: Option<Duration>, id: u64) -> Call<B> {
+        let deadline = timeout.map(|t| now + t);
+        if let Some(deadline) = deadline {
+            self.deadlines.insert((deadline, id));
+        }
+        Call {
+            queue: VecDeque::new(),
+            send: SendWindow::new(peer_window),
+            recv: RecvWindow::new(self.config.initial_call_window),
+            deadline,
+            local_end: false,
+            remote_end: false,
+            ready: false,
+        }
+    }
+
+    fn open_call_mut(&mut self, id: u64) -> Result<&mut Call<B>, Status> {
+        match self.calls.get_mut(&id) {
+            Some(call) if !call.local_end => Ok(call),
+            Some(_) => Err(Status::internal(format!("call {id} already ended its stream"))),
+            None => Err(Status::cancelled(format!("call {id} is over"))),
+        }
+    }
+
+    fn check_frame_len(&self, body_len: usize) -> Result<(), Status> {
+        let max = self.max_send_frame().saturating_sub(HEADER_LEN);
+        if body_len > max {
+            return Err(Status::resource_exhausted(format!(
+                "message of {body_len} bytes exceeds the peer's limit of {max}: raise max_frame_size on the peer or split the message"
+            )));
+        }
+        Ok(())
+    }
+
+    fn make_ready(&mut self, id: u64) {
+        if let Some(call) = self.calls.get_mut(&id)
+            && !call.ready
+            && !call.queue.is_empty()
+        {
+            call.ready = true;
+            self.ready.push_back(id);
+        }
+    }
+
+    fn remove_call(&mut self, id: u64) -> Option<Call<B>> {
+        let call = self.calls.remove(&id)?;
+        if let Some(deadline) = call.deadline {
+            self.deadlines.remove(&(deadline, id));
+        }
+        Some(call)
+    }
+
+    fn check_drained(&mut self) {
+        if self.state == State::Draining && self.calls.is_empty() {
+            self.close(Status::ok());
+        }
+    }
+
+    fn close(&mut self, status: Status) {
+        self.state = State::Closed;
+        self.ready.clear();
+        self.events.push_back(Event::ConnectionClosed(status));
+    }
+}

@@ -1,0 +1,84 @@
+//! The TCP transport: the `Transport` trait over the `transport-tcp` crate (tokio, TCP_NODELAY,
+//! a 4-byte length prefix per message, vectored writes that never copy a payload).
+
+use bytes::{Bytes, BytesMut};
+pub use rdma_rpc_transport_tcp::{TcpConfig, TcpConnection, TcpListener, TcpReceiver, TcpSender};
+use rdma_rpc_transport_tcp::SendBuf;
+
+use super::{BufferAlloc, Capabilities, FrameReceiver, FrameSender, SendBuffer, Transport, TransportError};
+
+impl SendBuffer for SendBuf {
+    type Writer = BytesMut;
+    fn writer(&mut self) -> &mut BytesMut {
+        self.body_mut()
+    }
+    fn len(&self) -> usize {
+        SendBuf::len(self)
+    }
+    fn written_mut(&mut self) -> &mut [u8] {
+        self.as_mut_slice()
+    }
+}
+
+/// Allocates TCP send buffers (heap memory; the prefix lives beside the body).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TcpAlloc;
+
+impl BufferAlloc for TcpAlloc {
+    type Buf = SendBuf;
+    async fn alloc(&self, capacity: usize) -> Result<SendBuf, TransportError> {
+        Ok(SendBuf::with_capacity(capacity))
+    }
+}
+
+impl FrameSender for TcpSender {
+    type Buf = SendBuf;
+
+    fn feed(&mut self, buf: SendBuf) -> Result<(), TransportError> {
+        Ok(TcpSender::feed(self, buf)?)
+    }
+
+    fn feed_with_payload(&mut self, head: SendBuf, payload: Bytes) -> Result<(), TransportError> {
+        Ok(TcpSender::feed_with_payload(self, head, payload)?)
+    }
+
+    async fn flush(&mut self) -> Result<(), TransportError> {
+        Ok(TcpSender::flush(self).await?)
+    }
+
+    async fn close(&mut self) -> Result<(), TransportError> {
+        Ok(TcpSender::shutdown(self).await?)
+    }
+}
+
+impl FrameReceiver for TcpReceiver {
+    async fn recv(&mut self) -> Result<Option<Bytes>, TransportError> {
+        Ok(TcpReceiver::recv(self).await?)
+    }
+}
+
+impl Transport for TcpConnection {
+    type Buf = SendBuf;
+    type Alloc = TcpAlloc;
+    type Sender = TcpSender;
+    type Receiver = TcpReceiver;
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            name: "tcp",
+            max_message_size: self.config().max_message_size,
+            max_inline_size: 0,
+            zero_copy_send: false,
+            zero_copy_recv: true,
+        }
+    }
+
+    fn peer(&self) -> String {
+        format!("tcp://{}", self.peer_addr())
+    }
+
+    fn split(self) -> (TcpAlloc, TcpSender, TcpReceiver) {
+        let (sender, receiver) = TcpConnection::split(self);
+        (TcpAlloc, sender, receiver)
+    }
+}

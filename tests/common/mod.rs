@@ -1,0 +1,83 @@
+//! Shared test fixtures: a TCP server on loopback with the echo and calculator services.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rdma_rpc::echo::EchoService;
+use rdma_rpc::rpc::{Client, ConnectionConfig, Router, Server};
+use rdma_rpc::transport::tcp::{TcpConfig, TcpConnection, TcpListener};
+use tokio::sync::oneshot;
+
+pub mod calculator;
+
+/// A server on 127.0.0.1 serving echo and the test calculator; stops when dropped.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(ConnectionConfig::default()).await
+    }
+
+    pub async fn start_with(config: ConnectionConfig) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0", TcpConfig::default())
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let mut router = Router::default();
+        router.add(EchoService::server());
+        router.add(calculator::server());
+        let server = Server::new(router, config);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            server
+                .serve_tcp(listener, shutdown, Duration::from_secs(5))
+                .await
+                .expect("serve");
+        });
+        TestServer {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub async fn client(&self) -> Client<TcpConnection> {
+        self.client_with(ConnectionConfig::default()).await
+    }
+
+    pub async fn client_with(&self, config: ConnectionConfig) -> Client<TcpConnection> {
+        let connection = TcpConnection::connect(self.addr, TcpConfig::default())
+            .await
+            .expect("connect");
+        Client::connect(connection, config)
+            .await
+            .expect("handshake")
+    }
+
+    /// Graceful stop: GOAWAY, drain, done.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! [`TcpSender`]: queues framed messages and writes them in vectored batches.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+
+use bytes::{Buf, Bytes};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+
+use crate::config::TcpConfig;
+use crate::deframer::LENGTH_PREFIX_LEN;
+use crate::error::TcpError;
+use crate::send_buf::SendBuf;
+
+/// Most `IoSlice`s handed to one `writev` call.
+const MAX_IO_SLICES: usize = 64;
+
+/// One piece of queued output; the queue never holds an empty segment.
+#[derive(Debug)]
+enum Segment {
+    /// A length prefix, of which `written` bytes already went out.
+    Prefix {
+        bytes: [u8; LENGTH_PREFIX_LEN],
+        written: usize,
+    },
+    /// Message bytes (a body or a payload), advanced past what went out.
+    Data(Bytes),
+}
+
+impl Segment {
+    /// The bytes still to write.
+    fn remaining(&self) -> &[u8] {
+        match self {
+            Self::Prefix { bytes, written } => bytes.get(*written..).unwrap_or_default(),
+            Self::Data(data) => data,
+        }
+    }
+
+    /// Marks `n` more bytes as written; `n` must not exceed `remaining().len()`.
+    fn advance(&mut self, n: usize) {
+        match self {
+            Self::Prefix { written, .. } => *written = (*written + n).min(LENGTH_PREFIX_LEN),
+            Self::Data(data) => data.advance(n.min(data.len())),
+        }
+    }
+}
+
+/// The sending half of a [`TcpConnection`](crate::TcpConnection).
+///
+/// Messages are queued without IO by [`feed`](Self::feed) /
+/// [`feed_with_payload`](Self::feed_with_payload) and written by
+/// [`flush`](Self::flush), which hands everything queued to the kernel with
+/// `writev` (prefixes, bodies and payloads as separate slices, none copied).
+///
+/// [`flush`](Self::flush) is cancel-safe: bytes are only dequeued once the
+/// kernel accepted them, so a dropped flush loses nothing and a later flush
+/// resumes where it stopped. After a write error the sender is closed: the
+/// queue is discarded and every further call fails with [`TcpError::Closed`].
+#[derive(Debug)]
+pub struct TcpSender {
+    writer: OwnedWriteHalf,
+    config: TcpConfig,
+    max_message_size: usize,
+    queue: VecDeque<Segment>,
+    queued_bytes: usize,
+    closed: bool,
+}
+
+impl TcpSender {
+    pub(crate) fn new(writer: OwnedWriteHalf, config: TcpConfig) -> Self {
+        Self {
+            writer,
+            max_message_size: config.effective_max_message_size(),
+            config,
+            queue: VecDeque::with_capacity(MAX_IO_SLICES),
+            queued_bytes: 0,
+            closed: false,
+        }
+    }
+
+    /// The configuration of this connection.
+    pub fn config(&self) -> &TcpConfig {
+        &self.config
+    }
+
+    /// A new, empty send buffer able to hold `capacity` message bytes.
+    pub fn buffer(&self, capacity: usize) -> SendBuf {
+        SendBuf::with_capacity(capacity)
+    }
+
+    /// Queues `buf` as one message, without IO.
+    ///
+    /// Fails with [`TcpError::MessageTooLarge`] (queueing nothing) if it is
+    /// longer than the maximum message size, or [`TcpError::Closed`].
+    pub fn feed(&mut self, buf: SendBuf) -> Result<(), TcpError> {
+        self.feed_with_payload(buf, Bytes::new())
+    }
+
+    /// Queues one message made of `head` followed by `payload`, without IO and
+    /// without copying `payload` (it is written as its own `IoSlice`).
+    ///
+    /// Fails like [`feed`](Self::feed) if `head.len() + payload.len()` is over
+    /// the maximum message size.
+    pub fn feed_with_payload(&mut self, head: SendBuf, payload: Bytes) -> Result<(), TcpError> {
+        if self.closed {
+            return Err(TcpError::Closed);
+        }
+        let len = head.len().saturating_add(payload.len());
+        let too_large = TcpError::MessageTooLarge {
+            len,
+            max: self.max_message_size,
+        };
+        if len > self.max_message_size {
+            return Err(too_large);
+        }
+        let prefix = u32::try_from(len).map_err(|_| too_large)?;
+        self.queue.push_back(Segment::Prefix {
+            bytes: prefix.to_be_bytes(),
+            written: 0,
+        });
+        if !head.is_empty() {
+            self.queue.push_back(Segment::Data(head.freeze()));
+        }
+        if !payload.is_empty() {
+            self.queue.push_back(Segment::Data(payload));
+        }
+        self.queued_bytes += LENGTH_PREFIX_LEN + len;
+        Ok(())
+    }
+
+    /// Bytes queued and not yet written, length prefixes included.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    /// Whether the queued bytes reached [`TcpConfig::max_batch_bytes`], i.e.
+    /// it is time to [`flush`](Self::flush).
+    pub fn batch_full(&self) -> bool {
+        self.queued_bytes >= self.config.max_batch_bytes
+    }
+
+    /// Writes everything queued, with as few `writev` calls as possible (at
+    /// most 64 slices each), handling partial writes. Nothing is copied.
+    pub async fn flush(&mut self) -> Result<(), TcpError> {
+        if self.closed {
+            return Err(TcpError::Closed);
+        }
+        while !self.queue.is_empty() {
+            let written = {
+                let mut slices = [IoSlice::new(&[]); MAX_IO_SLICES];
+                let mut count = 0;
+                for (slot, segment) in slices.iter_mut().zip(self.queue.iter()) {
+                    *slot = IoSlice::new(segment.remaining());
+                    count += 1;
+                }
+                let slices = slices.get(..count).unwrap_or_default();
+                self.writer.write_vectored(slices).await
+            };
+            match written {
+                Ok(0) => return Err(self.fail(io::ErrorKind::WriteZero.into())),
+                Ok(n) => self.consume(n),
+                Err(err) => return Err(self.fail(err)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues `buf` and flushes everything queued.
+    pub async fn send(&mut self, buf: SendBuf) -> Result<(), TcpError> {
+        self.feed(buf)?;
+        self.flush().await
+    }
+
+    /// Queues `buf` and flushes only if the batch is now full (see
+    /// [`batch_full`](Self::batch_full)); call [`flush`](Self::flush) once
+    /// there is nothing more to send right away.
+    pub async fn send_batched(&mut self, buf: SendBuf) -> Result<(), TcpError> {
+        self.feed(buf)?;
+        if self.batch_full() {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Flushes, then shuts the write direction down: the peer's receiver sees
+    /// a clean end of stream once it has read every message. Further sends
+    /// fail with [`TcpError::Closed`]; once closed (by an earlier shutdown or
+    /// write error) it is a no-op.
+    pub async fn shutdown(&mut self) -> Result<(), TcpError> {
+        if self.closed {
+            return Ok(());
+        }
+        self.flush().await?;
+        self.closed = true;
+        self.writer.shutdown().await?;
+        tracing::trace!("TCP write half shut down");
+        Ok(())
+    }
+
+    /// Dequeues `n` bytes the kernel accepted.
+    fn consume(&mut self, mut n: usize) {
+        self.queued_bytes = self.queued_bytes.saturating_sub(n);
+        while n > 0 {
+            let Some(front) = self.queue.front_mut() else {
+                break;
+            };
+            let remaining = front.remaining().len();
+            if n < remaining {
+                front.advance(n);
+                break;
+            }
+            n -= remaining;
+            self.queue.pop_front();
+        }
+    }
+
+    /// Closes the sender after a write error and returns the error.
+    fn fail(&mut self, err: io::Error) -> TcpError {
+        tracing::debug!(error = %err, queued = self.queued_bytes, "TCP write failed; closing sender");
+        self.closed = true;
+        self.queue.clear();
+        self.queued_bytes = 0;
+        TcpError::Io(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sender whose peer never reads (fine for tests that do no IO).
+    async fn sender() -> (TcpSender, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let (client, server) =
+            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let (_, writer) = client.expect("connect").into_split();
+        let (server, _) = server.expect("accept");
+        (TcpSender::new(writer, TcpConfig::default()), server)
+    }
+
+    fn flat(sender: &TcpSender) -> Vec<u8> {
+        sender
+            .queue
+            .iter()
+            .flat_map(|segment| segment.remaining().iter().copied())
+            .collect()
+    }
+
+    #[test]
+    fn segments_advance_without_overrunning() {
+        let mut prefix = Segment::Prefix {
+            bytes: [1, 2, 3, 4],
+            written: 0,
+        };
+        prefix.advance(3);
+        assert_eq!(prefix.remaining(), [4]);
+        prefix.advance(10);
+        assert!(prefix.remaining().is_empty());
+        let mut data = Segment::Data(Bytes::from_static(b"hello"));
+        data.advance(2);
+        assert_eq!(data.remaining(), b"llo");
+        data.advance(10);
+        assert!(data.remaining().is_empty());
+    }
+
+    #[tokio::test]
+    async fn queue_holds_prefix_body_and_payload_without_empty_segments() {
+        let (mut tx, _peer) = sender().await;
+        tx.feed(SendBuf::from(&b"ab"[..])).expect("feed");
+        tx.feed(SendBuf::default()).expect("empty message");
+        tx.feed_with_payload(SendBuf::default(), Bytes::from_static(b"cd"))
+            .expect("payload only");
+        tx.feed_with_payload(SendBuf::from(&b"e"[..]), Bytes::from_static(b"f"))
+            .expect("head and payload");
+        assert_eq!(tx.queue.len(), 2 + 1 + 2 + 3);
+        assert_eq!(tx.queued_bytes(), 4 * 4 + 6);
+        assert_eq!(
+            flat(&tx),
+            b"\0\0\0\x02ab\0\0\0\0\0\0\0\x02cd\0\0\0\x02ef".to_vec()
+        );
+    }
+
+    #[tokio::test]
+    async fn partial_writes_resume_inside_a_segment() {
+        let (mut tx, _peer) = sender().await;
+        tx.feed(SendBuf::from(&b"hello"[..])).expect("feed");
+        tx.feed(SendBuf::from(&b"world"[..])).expect("feed");
+        let all = flat(&tx);
+        for (consumed, n) in [(2, 2), (7, 5), (10, 3), (18, 8)] {
+            tx.consume(n);
+            assert_eq!(flat(&tx), all[consumed..].to_vec());
+            assert_eq!(tx.queued_bytes(), all.len() - consumed);
+        }
+        assert!(tx.queue.is_empty());
+        tx.consume(5); // more than queued: ignored, no panic
+        assert_eq!(tx.queued_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn batch_full_follows_max_batch_bytes() {
+        let (mut tx, _peer) = sender().await;
+        tx.config.max_batch_bytes = 10;
+        tx.feed(SendBuf::from(&b"abcde"[..])).expect("feed");
+        assert!(!tx.batch_full());
+        tx.feed(SendBuf::from(&b"f"[..])).expect("feed");
+        assert!(tx.batch_full());
+        tx.flush().await.expect("flush");
+        assert!(!tx.batch_full());
+    }
+}
