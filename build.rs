@@ -12,28 +12,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=tests/proto");
     println!("cargo:rerun-if-changed=codegen");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    compile(
-        &[
-            "proto/rpc.proto",
-            "proto/echo.proto",
-            "proto/replication.proto",
-        ],
-        &["proto"],
-        &out_dir,
-    )?;
-    compile(
-        &["tests/proto/test_service.proto"],
-        &["tests/proto", "proto"],
-        &out_dir,
-    )?;
+    compile(&["proto/rpc.proto", "proto/echo.proto", "proto/replication.proto"], &["proto"], &out_dir)?;
+    compile(&["tests/proto/test_service.proto"], &["tests/proto", "proto"], &out_dir)?;
     Ok(())
 }
 
-fn compile(
-    files: &[&str],
-    includes: &[&str],
-    out_dir: &std::path::Path,
-) -> Result<(), Box<dyn std::error::Error>> {
+fn compile(files: &[&str], includes: &[&str], out_dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile(files, includes)?;
     prost_build::Config::new()
         .bytes(["."])

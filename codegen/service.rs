@@ -27,25 +27,13 @@ impl ServiceGenerator for ServiceGen {
         // Client.
         let _ = writeln!(buf, "{docs}/// Typed client for `{full_name}`.");
         let _ = writeln!(buf, "#[derive(Clone)]");
-        let _ = writeln!(
-            buf,
-            "pub struct {name}Client<T: ::rdma_rpc::transport::Transport> {{"
-        );
+        let _ = writeln!(buf, "pub struct {name}Client<T: ::rdma_rpc::transport::Transport> {{");
         let _ = writeln!(buf, "    inner: ::rdma_rpc::rpc::Client<T>,\n}}\n");
-        let _ = writeln!(
-            buf,
-            "impl<T: ::rdma_rpc::transport::Transport> {name}Client<T> {{"
-        );
+        let _ = writeln!(buf, "impl<T: ::rdma_rpc::transport::Transport> {name}Client<T> {{");
         let _ = writeln!(buf, "    /// Wraps a connected client.");
-        let _ = writeln!(
-            buf,
-            "    pub fn new(inner: ::rdma_rpc::rpc::Client<T>) -> Self {{ Self {{ inner }} }}\n"
-        );
+        let _ = writeln!(buf, "    pub fn new(inner: ::rdma_rpc::rpc::Client<T>) -> Self {{ Self {{ inner }} }}\n");
         let _ = writeln!(buf, "    /// The untyped client underneath.");
-        let _ = writeln!(
-            buf,
-            "    pub fn inner(&self) -> &::rdma_rpc::rpc::Client<T> {{ &self.inner }}\n"
-        );
+        let _ = writeln!(buf, "    pub fn inner(&self) -> &::rdma_rpc::rpc::Client<T> {{ &self.inner }}\n");
         for m in &service.methods {
             let docs = doc_lines(&m.comments.leading, "    ");
             let (input, output, p, method) = (&m.input_type, &m.output_type, path(m), &m.name);
@@ -56,20 +44,14 @@ impl ServiceGenerator for ServiceGen {
                         buf,
                         "    pub async fn {method}(&self, request: &{input}) -> ::core::result::Result<{output}, ::rdma_rpc::Status> {{"
                     );
-                    let _ = writeln!(
-                        buf,
-                        "        self.inner.unary(\"{p}\", request).await\n    }}\n"
-                    );
+                    let _ = writeln!(buf, "        self.inner.unary(\"{p}\", request).await\n    }}\n");
                 }
                 (false, true) => {
                     let _ = writeln!(
                         buf,
                         "    pub async fn {method}(&self, request: &{input}) -> ::core::result::Result<::rdma_rpc::rpc::CallReceiver<{output}>, ::rdma_rpc::Status> {{"
                     );
-                    let _ = writeln!(
-                        buf,
-                        "        self.inner.server_streaming(\"{p}\", request).await\n    }}\n"
-                    );
+                    let _ = writeln!(buf, "        self.inner.server_streaming(\"{p}\", request).await\n    }}\n");
                 }
                 (true, _) => {
                     let _ = writeln!(
@@ -87,10 +69,7 @@ impl ServiceGenerator for ServiceGen {
             buf,
             "{docs}/// Server side of `{full_name}`: implement it and serve it with `{name}Server::new`."
         );
-        let _ = writeln!(
-            buf,
-            "pub trait {name}: ::core::marker::Send + ::core::marker::Sync + 'static {{"
-        );
+        let _ = writeln!(buf, "pub trait {name}: ::core::marker::Send + ::core::marker::Sync + 'static {{");
         for m in &service.methods {
             let docs = doc_lines(&m.comments.leading, "    ");
             let (input, output, method) = (&m.input_type, &m.output_type, &m.name);
@@ -98,15 +77,12 @@ impl ServiceGenerator for ServiceGen {
             let (args, ret) = match (m.client_streaming, m.server_streaming) {
                 (false, false) => (format!("request: {input}, {ctx}"), output.to_string()),
                 (false, true) => (
-                    format!(
-                        "request: {input}, responses: ::rdma_rpc::rpc::ResponseSender<{output}>, {ctx}"
-                    ),
+                    format!("request: {input}, responses: ::rdma_rpc::rpc::ResponseSender<{output}>, {ctx}"),
                     "()".to_string(),
                 ),
-                (true, false) => (
-                    format!("requests: ::rdma_rpc::rpc::CallReceiver<{input}>, {ctx}"),
-                    output.to_string(),
-                ),
+                (true, false) => {
+                    (format!("requests: ::rdma_rpc::rpc::CallReceiver<{input}>, {ctx}"), output.to_string())
+                }
                 (true, true) => (
                     format!(
                         "requests: ::rdma_rpc::rpc::CallReceiver<{input}>, responses: ::rdma_rpc::rpc::ResponseSender<{output}>, {ctx}"
@@ -122,67 +98,30 @@ impl ServiceGenerator for ServiceGen {
         let _ = writeln!(buf, "}}\n");
 
         // Router adapter.
-        let _ = writeln!(
-            buf,
-            "/// Routes calls of `{full_name}` to an implementation of [`{name}`]."
-        );
-        let _ = writeln!(
-            buf,
-            "pub struct {name}Server<S: {name}>(::std::sync::Arc<S>);\n"
-        );
+        let _ = writeln!(buf, "/// Routes calls of `{full_name}` to an implementation of [`{name}`].");
+        let _ = writeln!(buf, "pub struct {name}Server<S: {name}>(::std::sync::Arc<S>);\n");
         let _ = writeln!(buf, "impl<S: {name}> {name}Server<S> {{");
         let _ = writeln!(buf, "    /// Serves `service`.");
-        let _ = writeln!(
-            buf,
-            "    pub fn new(service: S) -> Self {{ Self(::std::sync::Arc::new(service)) }}\n"
-        );
+        let _ = writeln!(buf, "    pub fn new(service: S) -> Self {{ Self(::std::sync::Arc::new(service)) }}\n");
         let _ = writeln!(buf, "    /// Serves a shared `service`.");
-        let _ = writeln!(
-            buf,
-            "    pub fn from_arc(service: ::std::sync::Arc<S>) -> Self {{ Self(service) }}\n}}\n"
-        );
-        let _ = writeln!(
-            buf,
-            "impl<S: {name}> ::rdma_rpc::rpc::Service for {name}Server<S> {{"
-        );
-        let _ = writeln!(
-            buf,
-            "    fn name(&self) -> &'static str {{ \"{full_name}\" }}\n"
-        );
-        let paths: Vec<String> = service
-            .methods
-            .iter()
-            .map(|m| format!("\"{}\"", path(m)))
-            .collect();
-        let _ = writeln!(
-            buf,
-            "    fn methods(&self) -> &'static [&'static str] {{ &[{}] }}\n",
-            paths.join(", ")
-        );
+        let _ = writeln!(buf, "    pub fn from_arc(service: ::std::sync::Arc<S>) -> Self {{ Self(service) }}\n}}\n");
+        let _ = writeln!(buf, "impl<S: {name}> ::rdma_rpc::rpc::Service for {name}Server<S> {{");
+        let _ = writeln!(buf, "    fn name(&self) -> &'static str {{ \"{full_name}\" }}\n");
+        let paths: Vec<String> = service.methods.iter().map(|m| format!("\"{}\"", path(m))).collect();
+        let _ = writeln!(buf, "    fn methods(&self) -> &'static [&'static str] {{ &[{}] }}\n", paths.join(", "));
         let _ = writeln!(
             buf,
             "    fn call(&self, method: &str, call: ::rdma_rpc::rpc::ServerCall) -> ::core::result::Result<::rdma_rpc::rpc::HandlerFuture, ::rdma_rpc::rpc::ServerCall> {{"
         );
-        let _ = writeln!(
-            buf,
-            "        let service = ::std::sync::Arc::clone(&self.0);"
-        );
+        let _ = writeln!(buf, "        let service = ::std::sync::Arc::clone(&self.0);");
         let _ = writeln!(buf, "        match method {{");
         for m in &service.methods {
             let (p, method) = (path(m), &m.name);
             let (helper, params, args) = match (m.client_streaming, m.server_streaming) {
                 (false, false) => ("serve_unary", "request, ctx", "request, ctx"),
-                (false, true) => (
-                    "serve_server_streaming",
-                    "request, responses, ctx",
-                    "request, responses, ctx",
-                ),
+                (false, true) => ("serve_server_streaming", "request, responses, ctx", "request, responses, ctx"),
                 (true, false) => ("serve_client_streaming", "requests, ctx", "requests, ctx"),
-                (true, true) => (
-                    "serve_streaming",
-                    "requests, responses, ctx",
-                    "requests, responses, ctx",
-                ),
+                (true, true) => ("serve_streaming", "requests, responses, ctx", "requests, responses, ctx"),
             };
             let _ = writeln!(
                 buf,
@@ -201,11 +140,7 @@ fn doc_lines(comments: &[String], indent: &str) -> String {
             let _ = writeln!(
                 out,
                 "{indent}///{}",
-                if line.is_empty() {
-                    String::new()
-                } else {
-                    format!(" {}", line.trim_end())
-                }
+                if line.is_empty() { String::new() } else { format!(" {}", line.trim_end()) }
             );
         }
     }

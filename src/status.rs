@@ -71,18 +71,12 @@ impl Code {
             DataLoss,
             Unauthenticated,
         ];
-        usize::try_from(value)
-            .ok()
-            .and_then(|i| ALL.get(i).copied())
-            .unwrap_or(Unknown)
+        usize::try_from(value).ok().and_then(|i| ALL.get(i).copied()).unwrap_or(Unknown)
     }
 
     /// Whether a caller may reasonably retry a call that ended with this code.
     pub fn is_retryable(self) -> bool {
-        matches!(
-            self,
-            Code::Unavailable | Code::Aborted | Code::ResourceExhausted | Code::DeadlineExceeded
-        )
+        matches!(self, Code::Unavailable | Code::Aborted | Code::ResourceExhausted | Code::DeadlineExceeded)
     }
 }
 
@@ -175,11 +169,7 @@ impl Status {
 
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.message.is_empty() {
-            write!(f, "{}", self.code)
-        } else {
-            write!(f, "{}: {}", self.code, self.message)
-        }
+        if self.message.is_empty() { write!(f, "{}", self.code) } else { write!(f, "{}: {}", self.code, self.message) }
     }
 }
 

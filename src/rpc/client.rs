@@ -138,7 +138,11 @@ impl<T: Transport> Client<T> {
     }
 
     /// A unary call: one request, one reply.
-    pub async fn unary<Req: Message, Res: Message + Default>(&self, method: &str, request: &Req) -> Result<Res, Status> {
+    pub async fn unary<Req: Message, Res: Message + Default>(
+        &self,
+        method: &str,
+        request: &Req,
+    ) -> Result<Res, Status> {
         let (receiver, _) = self.open::<Req, Res>(method, Some(request), true).await?;
         receiver.response().await
     }

@@ -362,7 +362,9 @@ fn dispatch<B: crate::transport::SendBuffer>(
                     let known = router.map(Router::describe).unwrap_or_default();
                     session.finish(
                         id,
-                        Status::unimplemented(format!("method {method} is not served here; this server serves: {known}")),
+                        Status::unimplemented(format!(
+                            "method {method} is not served here; this server serves: {known}"
+                        )),
                     );
                 }
             }

@@ -12,11 +12,11 @@ use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+use super::ConnectionConfig;
 use super::call::{CallReceiver, ResponseSender};
 use super::codec;
 use super::command::{CallCommand, CallEvent, CallShared};
 use super::driver::{DriverSetup, drive};
-use super::ConnectionConfig;
 use crate::pb::rpc as pb;
 use crate::session::Role;
 use crate::status::Status;

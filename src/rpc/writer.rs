@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 use super::command::Outgoing;
 use crate::session::Transmit;
 use crate::transport::{BufferAlloc, FrameSender, SendBuffer, TransportError};
-use crate::wire::{HEADER_LEN, Frame, FrameHeader};
+use crate::wire::{Frame, FrameHeader, HEADER_LEN};
 
 /// Frames to queue before a flush even when more are waiting, so one busy connection does not
 /// hold a huge batch.

@@ -141,7 +141,9 @@ impl<B: Body> Session<B> {
         }
         match self.state {
             State::Closed => return Err(Status::unavailable("connection closed")),
-            State::Draining => return Err(Status::unavailable("connection is shutting down (GOAWAY); retry on a new connection")),
+            State::Draining => {
+                return Err(Status::unavailable("connection is shutting down (GOAWAY); retry on a new connection"));
+            }
             _ => {}
         }
         if id == 0 || self.calls.contains_key(&id) {
@@ -150,9 +152,8 @@ impl<B: Body> Session<B> {
         self.check_frame_len(body.body_len())?;
         let peer_window = self.peer.as_ref().map_or(0, |p| p.initial_call_window);
         let mut call = self.new_call(peer_window, now, timeout, id);
-        let header = FrameHeader::new(Kind::Call, id)
-            .with_flag(FLAG_HAS_MESSAGE, has_message)
-            .with_flag(FLAG_END_STREAM, end);
+        let header =
+            FrameHeader::new(Kind::Call, id).with_flag(FLAG_HAS_MESSAGE, has_message).with_flag(FLAG_END_STREAM, end);
         call.local_end = end;
         call.queue.push_back(Pending::Data { header, body });
         self.calls.insert(id, call);
@@ -238,10 +239,8 @@ impl<B: Body> Session<B> {
             self.events.push_back(Event::Closed { id, status: status.clone() });
         }
         self.control.clear();
-        self.control.push_back(Frame::GoAway(pb::GoAway {
-            last_call_id: self.last_call_id,
-            status: Some(status.to_proto()),
-        }));
+        self.control
+            .push_back(Frame::GoAway(pb::GoAway { last_call_id: self.last_call_id, status: Some(status.to_proto()) }));
         self.close(status);
     }
 
@@ -269,7 +268,8 @@ impl<B: Body> Session<B> {
             }
             Frame::Credit { id: 0, bytes, .. } => {
                 self.conn_send.grant(bytes);
-                let blocked: Vec<u64> = self.calls.iter().filter(|(_, c)| !c.queue.is_empty()).map(|(id, _)| *id).collect();
+                let blocked: Vec<u64> =
+                    self.calls.iter().filter(|(_, c)| !c.queue.is_empty()).map(|(id, _)| *id).collect();
                 for id in blocked {
                     self.make_ready(id);
                 }
@@ -514,7 +514,10 @@ impl<B: Body> Session<B> {
                 self.remove_call(id);
                 self.events.push_back(Event::Closed {
                     id,
-                    status: Status::new(Code::Unavailable, format!("not processed: server going away ({status}); retry")),
+                    status: Status::new(
+                        Code::Unavailable,
+                        format!("not processed: server going away ({status}); retry"),
+                    ),
                 });
             }
         }

@@ -7,8 +7,8 @@
 use bytes::{Buf, BufMut, Bytes};
 use prost::Message as _;
 
-use super::header::*;
 use super::WireError;
+use super::header::*;
 use crate::pb::rpc as pb;
 
 /// Limits applied while decoding.
@@ -130,7 +130,10 @@ impl Frame {
                 } else if body.is_empty() {
                     None
                 } else {
-                    return Err(WireError::Malformed { kind: Kind::Call, reason: "trailing bytes without HAS_MESSAGE" });
+                    return Err(WireError::Malformed {
+                        kind: Kind::Call,
+                        reason: "trailing bytes without HAS_MESSAGE",
+                    });
                 };
                 Frame::Call { id, header: call_header, message, end }
             }
@@ -234,9 +237,5 @@ fn decode_proto<M: prost::Message + Default>(kind: Kind, body: Bytes) -> Result<
 }
 
 fn expect_len(kind: Kind, body: &Bytes, len: usize) -> Result<(), WireError> {
-    if body.len() == len {
-        Ok(())
-    } else {
-        Err(WireError::BadLength { kind, expected: len, got: body.len() })
-    }
+    if body.len() == len { Ok(()) } else { Err(WireError::BadLength { kind, expected: len, got: body.len() }) }
 }

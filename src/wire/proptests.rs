@@ -88,10 +88,7 @@ fn oversized_frame_is_refused_before_parsing() {
     let frame = Frame::Data { id: 1, body: Bytes::from(vec![0u8; 100]), end: false };
     let mut buf = BytesMut::new();
     frame.encode(&mut buf);
-    assert_eq!(
-        Frame::decode(buf.freeze(), &limits),
-        Err(WireError::TooLarge { what: "frame", len: 116, max: 64 })
-    );
+    assert_eq!(Frame::decode(buf.freeze(), &limits), Err(WireError::TooLarge { what: "frame", len: 116, max: 64 }));
 }
 
 #[test]
@@ -100,7 +97,10 @@ fn call_header_length_past_the_body_is_truncation() {
     FrameHeader::new(Kind::Call, 1).encode(&mut buf);
     prost::encoding::encode_varint(1000, &mut buf);
     buf.extend_from_slice(&[0u8; 10]);
-    assert!(matches!(Frame::decode(buf.freeze(), &WireLimits::default()), Err(WireError::Truncated { what: "call header", .. })));
+    assert!(matches!(
+        Frame::decode(buf.freeze(), &WireLimits::default()),
+        Err(WireError::Truncated { what: "call header", .. })
+    ));
 }
 
 #[test]

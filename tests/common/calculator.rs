@@ -25,10 +25,7 @@ fn sum(numbers: &Numbers) -> i64 {
 
 impl pb::Calculator for Calc {
     async fn add(&self, request: Numbers, _ctx: RequestContext) -> Result<Sum, Status> {
-        Ok(Sum {
-            total: sum(&request),
-            count: request.values.len() as u32,
-        })
+        Ok(Sum { total: sum(&request), count: request.values.len() as u32 })
     }
 
     async fn count(
@@ -41,21 +38,12 @@ impl pb::Calculator for Calc {
             if request.delay_ms > 0 {
                 tokio::time::sleep(Duration::from_millis(request.delay_ms.into())).await;
             }
-            responses
-                .send(&Sum {
-                    total: i.into(),
-                    count: i,
-                })
-                .await?;
+            responses.send(&Sum { total: i.into(), count: i }).await?;
         }
         Ok(())
     }
 
-    async fn total(
-        &self,
-        mut requests: CallReceiver<Numbers>,
-        _ctx: RequestContext,
-    ) -> Result<Sum, Status> {
+    async fn total(&self, mut requests: CallReceiver<Numbers>, _ctx: RequestContext) -> Result<Sum, Status> {
         let mut total = Sum::default();
         while let Some(numbers) = requests.message().await? {
             total.total += sum(&numbers);

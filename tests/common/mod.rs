@@ -25,9 +25,7 @@ impl TestServer {
     }
 
     pub async fn start_with(config: ConnectionConfig) -> TestServer {
-        let listener = TcpListener::bind("127.0.0.1:0", TcpConfig::default())
-            .await
-            .expect("bind loopback");
+        let listener = TcpListener::bind("127.0.0.1:0", TcpConfig::default()).await.expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
         let mut router = Router::default();
         router.add(EchoService::server());
@@ -38,16 +36,9 @@ impl TestServer {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            server
-                .serve_tcp(listener, shutdown, Duration::from_secs(5))
-                .await
-                .expect("serve");
+            server.serve_tcp(listener, shutdown, Duration::from_secs(5)).await.expect("serve");
         });
-        TestServer {
-            addr,
-            stop: Some(stop),
-            task: Some(task),
-        }
+        TestServer { addr, stop: Some(stop), task: Some(task) }
     }
 
     pub async fn client(&self) -> Client<TcpConnection> {
@@ -55,12 +46,8 @@ impl TestServer {
     }
 
     pub async fn client_with(&self, config: ConnectionConfig) -> Client<TcpConnection> {
-        let connection = TcpConnection::connect(self.addr, TcpConfig::default())
-            .await
-            .expect("connect");
-        Client::connect(connection, config)
-            .await
-            .expect("handshake")
+        let connection = TcpConnection::connect(self.addr, TcpConfig::default()).await.expect("connect");
+        Client::connect(connection, config).await.expect("handshake")
     }
 
     /// Graceful stop: GOAWAY, drain, done.

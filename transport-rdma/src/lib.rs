@@ -18,5 +18,4 @@
 #![deny(unsafe_code)]
 
 /// Why this build cannot open RDMA connections yet; shown by `rdma-rpc` for `rdma://` URLs.
-pub const UNAVAILABLE_REASON: &str =
-    "this build of rdma-rpc has no RDMA transport yet (transport-rdma is a skeleton)";
+pub const UNAVAILABLE_REASON: &str = "this build of rdma-rpc has no RDMA transport yet (transport-rdma is a skeleton)";

@@ -79,10 +79,7 @@ mod tests {
 
     #[test]
     fn effective_maximum_is_capped_by_the_prefix_width() {
-        let mut config = TcpConfig {
-            max_message_size: usize::MAX,
-            ..TcpConfig::default()
-        };
+        let mut config = TcpConfig { max_message_size: usize::MAX, ..TcpConfig::default() };
         assert_eq!(config.effective_max_message_size(), u32_max_as_usize());
         config.max_message_size = 100;
         assert_eq!(config.effective_max_message_size(), 100);
@@ -90,10 +87,7 @@ mod tests {
 
     #[test]
     fn read_reserve_has_a_floor() {
-        let config = TcpConfig {
-            read_buffer: 0,
-            ..TcpConfig::default()
-        };
+        let config = TcpConfig { read_buffer: 0, ..TcpConfig::default() };
         assert_eq!(config.read_reserve(), MIN_READ_RESERVE);
         assert_eq!(TcpConfig::default().read_reserve(), 64 * 1024);
     }

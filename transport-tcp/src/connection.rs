@@ -80,10 +80,7 @@ impl TcpConnection {
             }
         }
         Err(match last_failure {
-            Some((candidate, source)) => TcpError::Connect {
-                addr: candidate.to_string(),
-                source,
-            },
+            Some((candidate, source)) => TcpError::Connect { addr: candidate.to_string(), source },
             None => TcpError::Io(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "the address to connect to resolved to no socket address",
@@ -98,12 +95,7 @@ impl TcpConnection {
         stream.set_nodelay(config.nodelay)?;
         let peer_addr = stream.peer_addr()?;
         let local_addr = stream.local_addr()?;
-        Ok(Self {
-            stream,
-            config,
-            peer_addr,
-            local_addr,
-        })
+        Ok(Self { stream, config, peer_addr, local_addr })
     }
 
     /// The address of the remote peer.
@@ -130,9 +122,6 @@ impl TcpConnection {
     /// between them).
     pub fn split(self) -> (TcpSender, TcpReceiver) {
         let (reader, writer) = self.stream.into_split();
-        (
-            TcpSender::new(writer, self.config.clone()),
-            TcpReceiver::new(reader, self.config),
-        )
+        (TcpSender::new(writer, self.config.clone()), TcpReceiver::new(reader, self.config))
     }
 }

@@ -85,10 +85,8 @@ impl Deframer {
     /// not use it. Fails with [`TcpError::MessageTooLarge`] if the message
     /// cannot be described by a `u32` prefix.
     pub fn encode(message: &[u8], dst: &mut BytesMut) -> Result<(), TcpError> {
-        let len = u32::try_from(message.len()).map_err(|_| TcpError::MessageTooLarge {
-            len: message.len(),
-            max: u32_max_as_usize(),
-        })?;
+        let len = u32::try_from(message.len())
+            .map_err(|_| TcpError::MessageTooLarge { len: message.len(), max: u32_max_as_usize() })?;
         dst.reserve(LENGTH_PREFIX_LEN + message.len());
         dst.put_u32(len);
         dst.put_slice(message);
@@ -99,10 +97,9 @@ impl Deframer {
     /// whole prefix is there.
     fn announced_len(&self, buf: &BytesMut) -> Result<Option<usize>, TcpError> {
         match read_prefix(buf) {
-            Some(len) if len > self.max_message_size => Err(TcpError::MessageTooLarge {
-                len,
-                max: self.max_message_size,
-            }),
+            Some(len) if len > self.max_message_size => {
+                Err(TcpError::MessageTooLarge { len, max: self.max_message_size })
+            }
             other => Ok(other),
         }
     }
@@ -181,9 +178,7 @@ mod tests {
     fn empty_message() {
         let mut deframer = Deframer::new(0);
         let mut buf = encoded(&[b""]);
-        let msg = deframer
-            .decode(&mut buf)
-            .expect("an empty message is valid");
+        let msg = deframer.decode(&mut buf).expect("an empty message is valid");
         assert_eq!(msg.as_deref(), Some(&b""[..]));
         assert!(buf.is_empty());
     }
@@ -229,10 +224,7 @@ mod tests {
             }
         }
         assert!(chunks > 1);
-        let msg = deframer
-            .decode(&mut buf)
-            .expect("complete")
-            .expect("a message");
+        let msg = deframer.decode(&mut buf).expect("complete").expect("a message");
         assert_eq!(msg.len(), 100_000);
     }
 
@@ -241,10 +233,7 @@ mod tests {
         let mut deframer = Deframer::new(1024);
         let mut buf = encoded(&[b"zero-copy"]);
         let start = buf.as_ptr() as usize;
-        let msg = deframer
-            .decode(&mut buf)
-            .expect("valid")
-            .expect("a message");
+        let msg = deframer.decode(&mut buf).expect("valid").expect("a message");
         assert_eq!(msg.as_ptr() as usize, start + LENGTH_PREFIX_LEN);
     }
 

@@ -67,10 +67,7 @@ mod tests {
         };
         let text = err.to_string();
         assert!(text.contains("is a server listening?"), "{text}");
-        assert!(
-            text.contains("`rdma-rpc serve --listen tcp://127.0.0.1:7000`"),
-            "{text}"
-        );
+        assert!(text.contains("`rdma-rpc serve --listen tcp://127.0.0.1:7000`"), "{text}");
         assert!(std::error::Error::source(&err).is_some());
     }
 

@@ -111,12 +111,9 @@ mod tests {
 
     /// A receiver whose peer sends nothing (fine for tests that do no IO).
     async fn receiver() -> (TcpReceiver, tokio::net::TcpStream) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
-        let (client, server) =
-            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let (client, server) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
         let (reader, _) = client.expect("connect").into_split();
         let (server, _) = server.expect("accept");
         (TcpReceiver::new(reader, TcpConfig::default()), server)
@@ -153,9 +150,6 @@ mod tests {
         let (mut rx, _peer) = receiver().await;
         assert_eq!(rx.at_eof().expect("clean"), None);
         rx.buf.put_slice(&[0, 0, 0, 8, 1, 2]);
-        assert!(matches!(
-            rx.at_eof(),
-            Err(TcpError::Truncated { needed: 12, got: 6 })
-        ));
+        assert!(matches!(rx.at_eof(), Err(TcpError::Truncated { needed: 12, got: 6 })));
     }
 }

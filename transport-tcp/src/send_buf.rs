@@ -19,9 +19,7 @@ impl SendBuf {
     /// An empty buffer able to hold `cap` message bytes (length prefix not
     /// counted) before it needs to grow.
     pub fn with_capacity(cap: usize) -> Self {
-        Self {
-            body: BytesMut::with_capacity(cap),
-        }
+        Self { body: BytesMut::with_capacity(cap) }
     }
 
     /// Message bytes written so far (length prefix not counted).
@@ -71,9 +69,7 @@ impl From<BytesMut> for SendBuf {
 impl From<&[u8]> for SendBuf {
     /// Copies `message` into a new buffer.
     fn from(message: &[u8]) -> Self {
-        Self {
-            body: BytesMut::from(message),
-        }
+        Self { body: BytesMut::from(message) }
     }
 }
 
@@ -91,15 +87,9 @@ mod tests {
         buf.body_mut().put_slice(b"payload");
         assert_eq!(buf.len(), 11);
         let len = u32::try_from(buf.len() - 4).expect("small");
-        buf.as_mut_slice()
-            .get_mut(..4)
-            .expect("header written")
-            .copy_from_slice(&len.to_be_bytes());
+        buf.as_mut_slice().get_mut(..4).expect("header written").copy_from_slice(&len.to_be_bytes());
         assert_eq!(buf.as_slice(), b"\0\0\0\x07payload");
-        assert_eq!(
-            buf.clone().freeze(),
-            Bytes::from_static(b"\0\0\0\x07payload")
-        );
+        assert_eq!(buf.clone().freeze(), Bytes::from_static(b"\0\0\0\x07payload"));
         buf.clear();
         assert!(buf.is_empty());
     }

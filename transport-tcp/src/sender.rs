@@ -19,10 +19,7 @@ const MAX_IO_SLICES: usize = 64;
 #[derive(Debug)]
 enum Segment {
     /// A length prefix, of which `written` bytes already went out.
-    Prefix {
-        bytes: [u8; LENGTH_PREFIX_LEN],
-        written: usize,
-    },
+    Prefix { bytes: [u8; LENGTH_PREFIX_LEN], written: usize },
     /// Message bytes (a body or a payload), advanced past what went out.
     Data(Bytes),
 }
@@ -106,18 +103,12 @@ impl TcpSender {
             return Err(TcpError::Closed);
         }
         let len = head.len().saturating_add(payload.len());
-        let too_large = TcpError::MessageTooLarge {
-            len,
-            max: self.max_message_size,
-        };
+        let too_large = TcpError::MessageTooLarge { len, max: self.max_message_size };
         if len > self.max_message_size {
             return Err(too_large);
         }
         let prefix = u32::try_from(len).map_err(|_| too_large)?;
-        self.queue.push_back(Segment::Prefix {
-            bytes: prefix.to_be_bytes(),
-            written: 0,
-        });
+        self.queue.push_back(Segment::Prefix { bytes: prefix.to_be_bytes(), written: 0 });
         if !head.is_empty() {
             self.queue.push_back(Segment::Data(head.freeze()));
         }
@@ -230,31 +221,21 @@ mod tests {
 
     /// A sender whose peer never reads (fine for tests that do no IO).
     async fn sender() -> (TcpSender, tokio::net::TcpStream) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
-        let (client, server) =
-            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let (client, server) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
         let (_, writer) = client.expect("connect").into_split();
         let (server, _) = server.expect("accept");
         (TcpSender::new(writer, TcpConfig::default()), server)
     }
 
     fn flat(sender: &TcpSender) -> Vec<u8> {
-        sender
-            .queue
-            .iter()
-            .flat_map(|segment| segment.remaining().iter().copied())
-            .collect()
+        sender.queue.iter().flat_map(|segment| segment.remaining().iter().copied()).collect()
     }
 
     #[test]
     fn segments_advance_without_overrunning() {
-        let mut prefix = Segment::Prefix {
-            bytes: [1, 2, 3, 4],
-            written: 0,
-        };
+        let mut prefix = Segment::Prefix { bytes: [1, 2, 3, 4], written: 0 };
         prefix.advance(3);
         assert_eq!(prefix.remaining(), [4]);
         prefix.advance(10);
@@ -271,16 +252,11 @@ mod tests {
         let (mut tx, _peer) = sender().await;
         tx.feed(SendBuf::from(&b"ab"[..])).expect("feed");
         tx.feed(SendBuf::default()).expect("empty message");
-        tx.feed_with_payload(SendBuf::default(), Bytes::from_static(b"cd"))
-            .expect("payload only");
-        tx.feed_with_payload(SendBuf::from(&b"e"[..]), Bytes::from_static(b"f"))
-            .expect("head and payload");
+        tx.feed_with_payload(SendBuf::default(), Bytes::from_static(b"cd")).expect("payload only");
+        tx.feed_with_payload(SendBuf::from(&b"e"[..]), Bytes::from_static(b"f")).expect("head and payload");
         assert_eq!(tx.queue.len(), 2 + 1 + 2 + 3);
         assert_eq!(tx.queued_bytes(), 4 * 4 + 6);
-        assert_eq!(
-            flat(&tx),
-            b"\0\0\0\x02ab\0\0\0\0\0\0\0\x02cd\0\0\0\x02ef".to_vec()
-        );
+        assert_eq!(flat(&tx), b"\0\0\0\x02ab\0\0\0\0\0\0\0\x02cd\0\0\0\x02ef".to_vec());
     }
 
     #[tokio::test]

@@ -1,9 +1,7 @@
 //! End-to-end tests of the TCP transport over real loopback sockets.
 
 use bytes::{BufMut, Bytes};
-use rdma_rpc_transport_tcp::{
-    SendBuf, TcpConfig, TcpConnection, TcpError, TcpListener, TcpReceiver, TcpSender,
-};
+use rdma_rpc_transport_tcp::{SendBuf, TcpConfig, TcpConnection, TcpError, TcpListener, TcpReceiver, TcpSender};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -12,9 +10,7 @@ const MIB: usize = 1024 * 1024;
 
 /// A connected (client, server) pair over 127.0.0.1.
 async fn pair(config: TcpConfig) -> (TcpConnection, TcpConnection) {
-    let listener = TcpListener::bind("127.0.0.1:0", config.clone())
-        .await
-        .expect("bind loopback");
+    let listener = TcpListener::bind("127.0.0.1:0", config.clone()).await.expect("bind loopback");
     let addr = listener.local_addr().expect("bound address");
     let (client, server) = tokio::join!(TcpConnection::connect(addr, config), listener.accept());
     (client.expect("connect"), server.expect("accept"))
@@ -22,9 +18,7 @@ async fn pair(config: TcpConfig) -> (TcpConnection, TcpConnection) {
 
 /// A raw socket (to send arbitrary bytes) connected to a transport receiver.
 async fn raw_peer(config: TcpConfig) -> (TcpStream, TcpReceiver) {
-    let listener = TcpListener::bind("127.0.0.1:0", config)
-        .await
-        .expect("bind loopback");
+    let listener = TcpListener::bind("127.0.0.1:0", config).await.expect("bind loopback");
     let addr = listener.local_addr().expect("bound address");
     let (raw, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
     let (_, receiver) = server.expect("accept").split();
@@ -102,10 +96,7 @@ async fn thousand_messages_with_feed_flush_batching() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_messages_with_payloads_and_send_batched() {
-    let config = TcpConfig {
-        max_batch_bytes: 64 * 1024,
-        ..TcpConfig::default()
-    };
+    let config = TcpConfig { max_batch_bytes: 64 * 1024, ..TcpConfig::default() };
     let (client, server) = pair(config).await;
     let (mut tx, _) = client.split();
     let (_, rx) = server.split();
@@ -139,8 +130,7 @@ async fn one_flush_writes_more_than_sixty_four_slices() {
     let (_, mut rx) = server.split();
     for i in 0..300u32 {
         let head = send_buf(&i.to_be_bytes());
-        tx.feed_with_payload(head, Bytes::from(vec![7; 3]))
-            .expect("feed");
+        tx.feed_with_payload(head, Bytes::from(vec![7; 3])).expect("feed");
     }
     tx.send(send_buf(b"last")).await.expect("send");
     assert_eq!(tx.queued_bytes(), 0);
@@ -179,37 +169,18 @@ async fn batched_messages_can_be_drained_without_io() {
 
 #[tokio::test]
 async fn sender_rejects_oversized_messages_and_use_after_shutdown() {
-    let config = TcpConfig {
-        max_message_size: 1024,
-        ..TcpConfig::default()
-    };
+    let config = TcpConfig { max_message_size: 1024, ..TcpConfig::default() };
     let (client, server) = pair(config).await;
     let (mut tx, _): (TcpSender, _) = client.split();
     let (_, mut rx) = server.split();
 
     let err = tx.feed(send_buf(&[0; 1025])).expect_err("too large");
-    assert!(matches!(
-        err,
-        TcpError::MessageTooLarge {
-            len: 1025,
-            max: 1024
-        }
-    ));
-    let err = tx
-        .feed_with_payload(send_buf(&[0; 1000]), Bytes::from(vec![0; 25]))
-        .expect_err("too large");
-    assert!(matches!(
-        err,
-        TcpError::MessageTooLarge {
-            len: 1025,
-            max: 1024
-        }
-    ));
+    assert!(matches!(err, TcpError::MessageTooLarge { len: 1025, max: 1024 }));
+    let err = tx.feed_with_payload(send_buf(&[0; 1000]), Bytes::from(vec![0; 25])).expect_err("too large");
+    assert!(matches!(err, TcpError::MessageTooLarge { len: 1025, max: 1024 }));
     assert_eq!(tx.queued_bytes(), 0, "nothing queued");
 
-    tx.send(send_buf(&[1; 1024]))
-        .await
-        .expect("exactly the maximum");
+    tx.send(send_buf(&[1; 1024])).await.expect("exactly the maximum");
     tx.shutdown().await.expect("shutdown");
     tx.shutdown().await.expect("second shutdown is a no-op");
     assert!(matches!(tx.feed(send_buf(b"x")), Err(TcpError::Closed)));
@@ -222,29 +193,15 @@ async fn sender_rejects_oversized_messages_and_use_after_shutdown() {
 
 #[tokio::test]
 async fn peer_announcing_a_length_over_max_is_rejected() {
-    let config = TcpConfig {
-        max_message_size: 1024,
-        ..TcpConfig::default()
-    };
+    let config = TcpConfig { max_message_size: 1024, ..TcpConfig::default() };
     let (mut raw, mut rx) = raw_peer(config).await;
-    raw.write_all(&[0, 0, 0, 2, b'o', b'k'])
-        .await
-        .expect("write");
+    raw.write_all(&[0, 0, 0, 2, b'o', b'k']).await.expect("write");
     raw.write_all(&1025u32.to_be_bytes()).await.expect("write");
     raw.write_all(&[0; 100]).await.expect("write");
     let ok = rx.recv().await.expect("first message is fine");
     assert_eq!(ok.as_deref(), Some(&b"ok"[..]));
     let err = rx.recv().await.expect_err("oversized length");
-    assert!(
-        matches!(
-            err,
-            TcpError::MessageTooLarge {
-                len: 1025,
-                max: 1024
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, TcpError::MessageTooLarge { len: 1025, max: 1024 }), "{err:?}");
 
     let (mut raw, mut rx) = raw_peer(TcpConfig::default()).await;
     raw.write_all(&u32::MAX.to_be_bytes()).await.expect("write");
@@ -263,26 +220,14 @@ async fn peer_closing_mid_message_is_truncated() {
     let first = rx.recv().await.expect("complete message");
     assert_eq!(first.as_deref(), Some(&b"x"[..]));
     let err = rx.recv().await.expect_err("truncated body");
-    assert!(
-        matches!(
-            err,
-            TcpError::Truncated {
-                needed: 104,
-                got: 14
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, TcpError::Truncated { needed: 104, got: 14 }), "{err:?}");
 
     // Closing inside the length prefix itself.
     let (mut raw, mut rx) = raw_peer(TcpConfig::default()).await;
     raw.write_all(&[0, 0]).await.expect("write");
     drop(raw);
     let err = rx.recv().await.expect_err("truncated prefix");
-    assert!(
-        matches!(err, TcpError::Truncated { needed: 4, got: 2 }),
-        "{err:?}"
-    );
+    assert!(matches!(err, TcpError::Truncated { needed: 4, got: 2 }), "{err:?}");
 }
 
 #[tokio::test]
@@ -304,19 +249,14 @@ async fn connecting_to_a_closed_port_names_the_fix() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("bound address");
     drop(listener);
-    let err = TcpConnection::connect(addr, TcpConfig::default())
-        .await
-        .expect_err("nothing listens");
+    let err = TcpConnection::connect(addr, TcpConfig::default()).await.expect_err("nothing listens");
     let TcpError::Connect { addr: tried, .. } = &err else {
         panic!("expected TcpError::Connect, got {err:?}");
     };
     assert_eq!(tried, &addr.to_string());
     let text = err.to_string();
     assert!(text.contains("is a server listening?"), "{text}");
-    assert!(
-        text.contains(&format!("`rdma-rpc serve --listen tcp://{addr}`")),
-        "{text}"
-    );
+    assert!(text.contains(&format!("`rdma-rpc serve --listen tcp://{addr}`")), "{text}");
 }
 
 #[tokio::test]
@@ -324,10 +264,7 @@ async fn nodelay_follows_the_config() {
     let (client, server) = pair(TcpConfig::default()).await;
     assert!(client.nodelay().expect("nodelay"));
     assert!(server.nodelay().expect("nodelay"));
-    let config = TcpConfig {
-        nodelay: false,
-        ..TcpConfig::default()
-    };
+    let config = TcpConfig { nodelay: false, ..TcpConfig::default() };
     let (client, server) = pair(config.clone()).await;
     assert!(!client.nodelay().expect("nodelay"));
     assert!(!server.nodelay().expect("nodelay"));

@@ -1,0 +1,1 @@
+//! Session dialogues in virtual time.
