@@ -26,9 +26,10 @@ impl ServiceGenerator for ServiceGen {
 
         // Client.
         let _ = writeln!(buf, "{docs}/// Typed client for `{full_name}`.");
-        let _ = writeln!(buf, "#[derive(Clone)]");
         let _ = writeln!(buf, "pub struct {name}Client<T: ::rdma_rpc::transport::Transport> {{");
         let _ = writeln!(buf, "    inner: ::rdma_rpc::rpc::Client<T>,\n}}\n");
+        let _ = writeln!(buf, "impl<T: ::rdma_rpc::transport::Transport> ::core::clone::Clone for {name}Client<T> {{");
+        let _ = writeln!(buf, "    fn clone(&self) -> Self {{ Self {{ inner: self.inner.clone() }} }}\n}}\n");
         let _ = writeln!(buf, "impl<T: ::rdma_rpc::transport::Transport> {name}Client<T> {{");
         let _ = writeln!(buf, "    /// Wraps a connected client.");
         let _ = writeln!(buf, "    pub fn new(inner: ::rdma_rpc::rpc::Client<T>) -> Self {{ Self {{ inner }} }}\n");

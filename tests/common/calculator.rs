@@ -70,4 +70,16 @@ impl pb::Calculator for Calc {
     async fn reflect(&self, request: Blob, _ctx: RequestContext) -> Result<Blob, Status> {
         Ok(request)
     }
+
+    async fn pipe(
+        &self,
+        mut requests: CallReceiver<Blob>,
+        mut responses: ResponseSender<Blob>,
+        _ctx: RequestContext,
+    ) -> Result<(), Status> {
+        while let Some(chunk) = requests.data().await? {
+            responses.send_data(chunk).await?;
+        }
+        Ok(())
+    }
 }
