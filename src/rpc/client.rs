@@ -210,6 +210,9 @@ impl<T: Transport> Client<T> {
     }
 
     fn closed(&self) -> Status {
-        self.shared.closed.status_or(|| Status::unavailable("connection closed"))
+        match self.shared.closed.status.get() {
+            Some(status) if !status.is_ok() => Status::unavailable(format!("connection closed: {status}")),
+            _ => Status::unavailable("connection closed (the server shut down gracefully); connect again"),
+        }
     }
 }

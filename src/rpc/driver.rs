@@ -86,30 +86,33 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
     let mut final_status = Status::ok();
 
     loop {
-        // Everything the session decided: frames out, events to handles.
-        while let Some(transmit) = session.poll_transmit() {
-            if let Transmit::Data { header, .. } = &transmit
-                && matches!(header.kind, Kind::Message | Kind::Data)
-                && let Some(slot) = slots.get_mut(&header.call_id)
-            {
-                if let Some(Some(ack)) = slot.acks.pop_front() {
-                    let _ = ack.send(());
+        // Everything the session decided: frames out, events to handles. Handling an event can
+        // queue frames (an unknown method's trailer), so repeat until both are empty.
+        loop {
+            let mut progressed = false;
+            while let Some(transmit) = session.poll_transmit() {
+                progressed = true;
+                ack_transmit(&transmit, &mut slots);
+                if tx_out.send(transmit).is_err() {
+                    break;
                 }
             }
-            if tx_out.send(transmit).is_err() {
-                break;
-            }
-        }
-        if ready.is_some() && session.is_ready() {
-            if let (Some(ready), Some(settings)) = (ready.take(), session.peer_settings()) {
+            if ready.is_some()
+                && session.is_ready()
+                && let (Some(ready), Some(settings)) = (ready.take(), session.peer_settings())
+            {
                 let _ = ready.send(Ok(settings.clone()));
             }
-        }
-        while let Some(event) = session.poll_event() {
-            if let Event::ConnectionClosed(status) = &event {
-                final_status = status.clone();
+            while let Some(event) = session.poll_event() {
+                progressed = true;
+                if let Event::ConnectionClosed(status) = &event {
+                    final_status = status.clone();
+                }
+                dispatch(event, &mut session, &mut slots, router.as_deref(), &ctl_tx, &peer);
             }
-            dispatch(event, &mut session, &mut slots, router.as_deref(), &ctl_tx, &peer);
+            if !progressed {
+                break;
+            }
         }
         if session.is_closed() {
             break;
@@ -187,6 +190,17 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
     let _ = closed.status.set(final_status.clone());
     tracing::debug!(%peer, status = %final_status, "connection closed");
     final_status
+}
+
+/// Wakes the handle waiting for this frame to pass flow control.
+fn ack_transmit<B>(transmit: &Transmit<B>, slots: &mut HashMap<u64, Slot>) {
+    if let Transmit::Data { header, .. } = transmit
+        && matches!(header.kind, Kind::Message | Kind::Data)
+        && let Some(slot) = slots.get_mut(&header.call_id)
+        && let Some(Some(ack)) = slot.acks.pop_front()
+    {
+        let _ = ack.send(());
+    }
 }
 
 async fn recv_opt<C>(rx: &mut Option<mpsc::UnboundedReceiver<C>>) -> Option<C> {

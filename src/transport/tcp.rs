@@ -2,7 +2,7 @@
 //! a 4-byte length prefix per message, vectored writes that never copy a payload).
 
 use bytes::{Bytes, BytesMut};
-use rdma_rpc_transport_tcp::SendBuf;
+pub use rdma_rpc_transport_tcp::SendBuf;
 pub use rdma_rpc_transport_tcp::{TcpConfig, TcpConnection, TcpListener, TcpReceiver, TcpSender};
 
 use super::{BufferAlloc, Capabilities, FrameReceiver, FrameSender, SendBuffer, Transport, TransportError};

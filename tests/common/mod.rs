@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdma_rpc::echo::EchoService;
@@ -15,6 +16,7 @@ pub mod calculator;
 /// A server on 127.0.0.1 serving echo and the test calculator; stops when dropped.
 pub struct TestServer {
     pub addr: SocketAddr,
+    pub probe: Arc<calculator::Probe>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -29,7 +31,8 @@ impl TestServer {
         let addr = listener.local_addr().expect("local addr");
         let mut router = Router::default();
         router.add(EchoService::server());
-        router.add(calculator::server());
+        let probe = Arc::new(calculator::Probe::default());
+        router.add(calculator::server(probe.clone()));
         let server = Server::new(router, config);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -38,7 +41,7 @@ impl TestServer {
             };
             server.serve_tcp(listener, shutdown, Duration::from_secs(5)).await.expect("serve");
         });
-        TestServer { addr, stop: Some(stop), task: Some(task) }
+        TestServer { addr, probe, stop: Some(stop), task: Some(task) }
     }
 
     pub async fn client(&self) -> Client<TcpConnection> {
