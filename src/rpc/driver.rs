@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument as _;
 
 use super::command::{BufCommand, CallCommand, CallEvent, CallShared, Outgoing};
+use super::now;
 use super::server::{RequestContext, Router, ServerCall};
 use super::writer::write_loop;
 use crate::pb::rpc as pb;
@@ -75,12 +76,12 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
     let limits = WireLimits { max_frame_size: config.max_frame_size };
     let (tx_out, rx_out) = mpsc::unbounded_channel();
     let mut writer = tokio::spawn(write_loop(alloc, sender, rx_out));
-    let mut session: Session<Outgoing<T::Buf>> = match Session::new(role, config, Instant::now()) {
+    let mut session: Session<Outgoing<T::Buf>> = match Session::new(role, config, now()) {
         Ok(session) => session,
         Err(err) => return Status::internal(err.to_string()),
     };
     let mut slots: HashMap<u64, Slot> = HashMap::new();
-    let sleep = tokio::time::sleep_until(Instant::now().into());
+    let sleep = tokio::time::sleep_until(now().into());
     tokio::pin!(sleep);
     let mut writer_done = false;
     let mut final_status = Status::ok();
@@ -133,7 +134,7 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
             },
             Some(cmd) = ctl_rx.recv() => apply_ctl(cmd, &mut session, &mut slots),
             msg = receiver.recv() => {
-                let now = Instant::now();
+                let now = now();
                 match msg {
                     Ok(Some(bytes)) => match Frame::decode(bytes, &limits) {
                         Ok(frame) => {
@@ -155,7 +156,7 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
                     }
                 }
             }
-            _ = &mut sleep => session.handle_timeout(Instant::now()),
+            _ = &mut sleep => session.handle_timeout(now()),
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {
                     session.shutdown(Status::unavailable("server shutting down"));
@@ -226,7 +227,7 @@ fn apply_buf<B: crate::transport::SendBuffer>(
     match cmd {
         BufCommand::Open { id, method, timeout, body, has_message, end, events, shared } => {
             let len = body.len() as u64;
-            match session.open_call(Instant::now(), id, timeout, Outgoing::Buf(body), has_message, end) {
+            match session.open_call(now(), id, timeout, Outgoing::Buf(body), has_message, end) {
                 Ok(()) => {
                     let slot = Slot {
                         events,
@@ -234,7 +235,7 @@ fn apply_buf<B: crate::transport::SendBuffer>(
                         acks: VecDeque::new(),
                         handler: None,
                         method,
-                        started: Instant::now(),
+                        started: now(),
                         bytes_in: 0,
                         bytes_out: len,
                     };
@@ -365,7 +366,7 @@ fn dispatch<B: crate::transport::SendBuffer>(
                         acks: VecDeque::new(),
                         handler: Some(handle.abort_handle()),
                         method,
-                        started: Instant::now(),
+                        started: now(),
                         bytes_in: 0,
                         bytes_out: 0,
                     };

@@ -56,3 +56,9 @@ pub enum ConnectError {
         status: Status,
     },
 }
+
+/// The clock the drivers pass to the session: tokio's, so tests with a paused runtime clock run
+/// deadlines and keepalive in virtual time.
+pub(crate) fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}

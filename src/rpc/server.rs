@@ -12,11 +12,11 @@ use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use super::ConnectionConfig;
 use super::call::{CallReceiver, ResponseSender};
 use super::codec;
 use super::command::{CallCommand, CallEvent, CallShared};
 use super::driver::{DriverSetup, drive};
+use super::{ConnectionConfig, now};
 use crate::pb::rpc as pb;
 use crate::session::Role;
 use crate::status::Status;
@@ -52,8 +52,7 @@ pub struct RequestContext {
 
 impl RequestContext {
     pub(crate) fn new(header: &pb::CallHeader, peer: Arc<str>) -> Self {
-        let deadline =
-            (header.timeout_micros > 0).then(|| Instant::now() + Duration::from_micros(header.timeout_micros));
+        let deadline = (header.timeout_micros > 0).then(|| now() + Duration::from_micros(header.timeout_micros));
         RequestContext { method: header.method.clone(), peer, deadline, metadata: header.metadata.clone() }
     }
 }
