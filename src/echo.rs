@@ -32,4 +32,16 @@ impl Echo for EchoService {
         }
         Ok(())
     }
+
+    async fn pipe(
+        &self,
+        mut requests: CallReceiver<EchoRequest>,
+        mut responses: ResponseSender<EchoReply>,
+        _ctx: RequestContext,
+    ) -> Result<(), Status> {
+        while let Some(chunk) = requests.data().await? {
+            responses.send_data(chunk).await?;
+        }
+        Ok(())
+    }
 }

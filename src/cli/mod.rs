@@ -1,1 +1,90 @@
-//! The `rdma-rpc` command line.
+//! The `rdma-rpc` command line: `serve` (the echo service), `ping` (latency and throughput
+//! against a server), `devices` (the host's RDMA devices, from sysfs) and `demo` (all of it on
+//! loopback, self-checking).
+//!
+//! - `args.rs`: the clap structs, which are also the `--help` text;
+//! - `url.rs`: `tcp://HOST:PORT` / `rdma://HOST:PORT` endpoints, and the TCP fallback for `rdma://`;
+//! - `serve.rs`, `ping.rs`, `devices.rs`, `demo.rs`: one command each;
+//! - `error.rs`: [`CliError`], whose messages name the fix.
+//!
+//! [`main`] is the whole program: `src/main.rs` only calls it. Logs go to stderr; results to stdout.
+
+mod args;
+mod demo;
+mod devices;
+mod error;
+mod ping;
+mod serve;
+mod url;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+pub use args::{Cli, Command, DemoArgs, PingArgs, ServeArgs};
+pub use error::CliError;
+pub use url::{Endpoint, Scheme};
+
+/// Why this build cannot open RDMA connections. The same sentence as
+/// `rdma_rpc_transport_rdma::UNAVAILABLE_REASON`, which the root crate does not depend on.
+pub const RDMA_UNAVAILABLE_REASON: &str =
+    "this build of rdma-rpc has no RDMA transport yet (transport-rdma is a skeleton)";
+
+/// Parses the process arguments, runs the command, and reports a failure on stderr.
+///
+/// Exit codes: 0 success, 1 a failure at run time, 2 a command line that cannot work.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => return report(CliError::Runtime(err)),
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => report(err),
+    }
+}
+
+/// Runs a parsed command line (inside a tokio runtime with IO and time enabled).
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Serve(args) => serve::run(args).await,
+        Command::Ping(args) => ping::run(args).await,
+        Command::Devices => {
+            devices::run();
+            Ok(())
+        }
+        Command::Demo(args) => demo::run(args).await,
+    }
+}
+
+fn report(err: CliError) -> ExitCode {
+    eprintln!("error: {err}");
+    err.exit_code()
+}
+
+/// Logs to stderr. `RUST_LOG`, when set, decides the filter; otherwise `-v` does: warnings only,
+/// then info, debug, trace.
+fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => EnvFilter::try_new(&spec).unwrap_or_else(|err| {
+            eprintln!("warning: ignoring RUST_LOG={spec:?} ({err}); using level {level}");
+            EnvFilter::new(level)
+        }),
+        _ => EnvFilter::new(level),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}

@@ -37,7 +37,8 @@ struct Shared<T: Transport> {
     transport: &'static str,
     peer_settings: pb::Settings,
     closed: Arc<CallShared>,
-    _shutdown: watch::Sender<bool>,
+    shutdown: watch::Sender<bool>,
+    driver: std::sync::Mutex<Option<tokio::task::JoinHandle<Status>>>,
 }
 
 /// A connection to a server. Clone it freely: clones share the connection. The connection
@@ -87,7 +88,7 @@ impl<T: Transport> Client<T> {
             shutdown: shutdown_rx,
             closed: closed.clone(),
         };
-        tokio::spawn(drive(setup));
+        let driver = tokio::spawn(drive(setup));
         let peer_settings = match ready_rx.await {
             Ok(Ok(settings)) => settings,
             Ok(Err(status)) => return Err(ConnectError::Handshake { peer, status }),
@@ -102,7 +103,8 @@ impl<T: Transport> Client<T> {
             transport: name,
             peer_settings,
             closed,
-            _shutdown: shutdown_tx,
+            shutdown: shutdown_tx,
+            driver: std::sync::Mutex::new(Some(driver)),
         };
         Ok(Client { shared: Arc::new(shared), options: Arc::new(CallOptions::default()) })
     }
@@ -135,6 +137,17 @@ impl<T: Transport> Client<T> {
     /// Why the connection ended, once it has.
     pub fn closed_status(&self) -> Option<Status> {
         self.shared.closed.status.get().cloned()
+    }
+
+    /// Closes the connection gracefully for every clone: GOAWAY, calls in flight finish, then the
+    /// transport closes. Returns how the connection ended.
+    pub async fn close(&self) -> Status {
+        let _ = self.shared.shutdown.send(true);
+        let driver = self.shared.driver.lock().ok().and_then(|mut d| d.take());
+        match driver {
+            Some(driver) => driver.await.unwrap_or_else(|err| Status::internal(format!("driver task failed: {err}"))),
+            None => self.closed_status().unwrap_or_else(Status::ok),
+        }
     }
 
     /// A unary call: one request, one reply.

@@ -138,7 +138,6 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
                 match msg {
                     Ok(Some(bytes)) => match Frame::decode(bytes, &limits) {
                         Ok(frame) => {
-                            count_in(&frame, &mut slots);
                             if let Err(err) = session.handle_frame(now, frame) {
                                 tracing::warn!(%peer, %err, "closing connection: peer broke the protocol");
                                 session.handle_error(err.to_status());
@@ -159,7 +158,11 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
             _ = &mut sleep => session.handle_timeout(now()),
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {
-                    session.shutdown(Status::unavailable("server shutting down"));
+                    let reason = match role {
+                        Role::Server => "server shutting down",
+                        Role::Client => "client closing the connection",
+                    };
+                    session.shutdown(Status::unavailable(reason));
                 }
             }
             result = &mut writer, if !writer_done => {
@@ -208,14 +211,6 @@ async fn recv_opt<C>(rx: &mut Option<mpsc::UnboundedReceiver<C>>) -> Option<C> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
-    }
-}
-
-fn count_in(frame: &Frame, slots: &mut HashMap<u64, Slot>) {
-    if let Frame::Message { id, body, .. } | Frame::Data { id, body, .. } = frame
-        && let Some(slot) = slots.get_mut(id)
-    {
-        slot.bytes_in += body.len() as u64;
     }
 }
 
@@ -401,6 +396,9 @@ fn dispatch<B: crate::transport::SendBuffer>(
 
 fn deliver(slots: &mut HashMap<u64, Slot>, role: Role, id: u64, event: CallEvent, end: bool) {
     if let Some(slot) = slots.get_mut(&id) {
+        if let CallEvent::Message(body) | CallEvent::Data(body) = &event {
+            slot.bytes_in += body.len() as u64;
+        }
         let _ = slot.events.send(event);
         // A client learns the end from `Closed`; a server's handler needs the half-close.
         if end && role == Role::Server {

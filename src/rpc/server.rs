@@ -34,6 +34,7 @@ pub trait Service: Send + Sync + 'static {
     /// Full paths of the methods, "/package.Service/Method".
     fn methods(&self) -> &'static [&'static str];
     /// Starts handling `call` to `method`, or gives the call back if the method is not served.
+    #[allow(clippy::result_large_err)] // the call is handed back by value, not boxed per call
     fn call(&self, method: &str, call: ServerCall) -> Result<HandlerFuture, ServerCall>;
 }
 
@@ -201,6 +202,7 @@ impl Router {
         self.services.push(Arc::new(service));
     }
 
+    #[allow(clippy::result_large_err)] // see Service::call
     pub(crate) fn route(&self, method: &str, call: ServerCall) -> Result<HandlerFuture, ServerCall> {
         match self.methods.get(method).and_then(|&i| self.services.get(i)) {
             Some(service) => service.call(method, call),

@@ -105,7 +105,7 @@ mod tests {
     #[test]
     fn window_below_frame_is_refused_with_the_fix() {
         let config = SessionConfig { initial_call_window: 1024, ..SessionConfig::default() };
-        let err = config.validate().unwrap_err();
+        let err = config.validate().expect_err("window below frame");
         assert!(err.to_string().contains("raise the windows"), "{err}");
     }
 }

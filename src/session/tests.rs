@@ -259,7 +259,7 @@ fn oversized_message_is_refused_locally_with_the_fix() {
     let now = Instant::now();
     let (mut client, _server) = pair(small_config(), now);
     client.open_call(now, 1, None, call_body("/m", 0, b""), false, false).expect("open");
-    let err = client.send(1, Kind::Message, Bytes::from(vec![0u8; 2000]), false).unwrap_err();
+    let err = client.send(1, Kind::Message, Bytes::from(vec![0u8; 2000]), false).expect_err("too large");
     assert_eq!(err.code, Code::ResourceExhausted);
     assert!(err.message.contains("max_frame_size"), "{err}");
 }

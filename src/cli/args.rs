@@ -1,0 +1,153 @@
+//! The command line, as clap derive structs. Every command and flag documents itself with an
+//! example, so `--help` is the manual.
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+use super::url::Endpoint;
+
+/// Largest `ping --size`: the default frame limit (16 MiB) minus room for the frame and call headers.
+pub const MAX_PING_SIZE: u64 = 16 * 1024 * 1024 - 4096;
+
+const AFTER_HELP: &str = "\
+Examples:
+  rdma-rpc serve --listen tcp://0.0.0.0:7878
+      serve the echo service on every address, port 7878
+  rdma-rpc ping tcp://10.0.0.2:7878 --count 1000 --size 4096 --concurrency 8
+      measure round trips and throughput to that server
+  rdma-rpc devices
+      list this host's RDMA devices, or say why there are none
+  rdma-rpc demo
+      server and client on loopback: latency, call rate, a 2 GiB checked stream
+
+Endpoints are tcp://HOST:PORT or rdma://HOST:PORT (HOST: a name, IPv4, or [IPv6]).
+This build has no RDMA transport yet: rdma:// falls back to TCP unless --no-fallback is given.
+Logs go to stderr; RUST_LOG (e.g. RUST_LOG=rdma_rpc=debug), when set, takes precedence over -v.";
+
+/// rdma-rpc: RPC for protobuf messages and bulk replication streams over RDMA, with TCP fallback.
+#[derive(Debug, Parser)]
+#[command(name = "rdma-rpc", version, about, long_about = None, after_help = AFTER_HELP, propagate_version = true)]
+pub struct Cli {
+    /// More logging on stderr: -v info, -vv debug, -vvv trace (default: warnings only).
+    /// Example: `rdma-rpc -vv ping tcp://127.0.0.1:7878`.
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the echo service until Ctrl-C or SIGTERM, then drain in-flight calls.
+    ///
+    /// Prints `listening on tcp://ADDR (services: ...)` on stdout once bound.
+    /// Example: `rdma-rpc serve --listen tcp://0.0.0.0:7878 --drain-secs 5`.
+    Serve(ServeArgs),
+    /// Measure round-trip latency and throughput to a server with echo calls.
+    ///
+    /// Example: `rdma-rpc ping tcp://10.0.0.2:7878 --count 1000 --size 65536 --concurrency 4`.
+    Ping(PingArgs),
+    /// List this host's RDMA devices (from sysfs), or say precisely why there are none.
+    ///
+    /// Example: `rdma-rpc devices`.
+    Devices,
+    /// Run a server and a client in this process on loopback over the best transport available,
+    /// check every byte, and print latency, call rate and stream throughput.
+    ///
+    /// Example: `rdma-rpc demo --stream-mib 256`.
+    Demo(DemoArgs),
+}
+
+/// Flags of `demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Sequential 64-byte echo calls timed for the latency figures. Example: `--calls 5000`.
+    #[arg(long, value_name = "N", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub calls: u64,
+
+    /// MiB streamed each way through one bidirectional call, in 1 MiB chunks, every byte checked.
+    /// Example: `--stream-mib 4096`.
+    #[arg(long, value_name = "MIB", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    pub stream_mib: u64,
+}
+
+/// Flags of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where to listen. Port 0 picks a free port (the line printed on stdout shows which).
+    /// Example: `--listen tcp://[::]:7878`.
+    #[arg(short, long, value_name = "URL", default_value = "tcp://0.0.0.0:7878")]
+    pub listen: Endpoint,
+
+    /// Seconds in-flight calls get to finish after Ctrl-C / SIGTERM; the rest are aborted.
+    /// Example: `--drain-secs 30`.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub drain_secs: u64,
+
+    /// Fail on an rdma:// URL instead of falling back to TCP on the same host and port.
+    /// Example: `--listen rdma://0.0.0.0:7878 --no-fallback`.
+    #[arg(long)]
+    pub no_fallback: bool,
+}
+
+/// Flags of `ping`.
+#[derive(Debug, Args)]
+pub struct PingArgs {
+    /// The server. Example: `tcp://10.0.0.2:7878`, `rdma://node2:7878`, `tcp://[::1]:7878`.
+    #[arg(value_name = "URL")]
+    pub url: Endpoint,
+
+    /// Echo calls to send in all. Example: `--count 10000` (or `-c 10000`).
+    #[arg(short, long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: u64,
+
+    /// Payload bytes per call, echoed back (at most 16 MiB - 4 KiB). Example: `--size 1048576`.
+    #[arg(short, long, value_name = "BYTES", default_value_t = 64, value_parser = clap::value_parser!(u64).range(0..=MAX_PING_SIZE))]
+    pub size: u64,
+
+    /// Calls in flight at once, from that many tasks sharing one connection. Example: `--concurrency 16`.
+    #[arg(long, value_name = "C", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub concurrency: u64,
+
+    /// Time allowed for connecting, and for each call. Example: `--timeout-ms 200`.
+    #[arg(long, value_name = "MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_ms: u64,
+
+    /// Fail on an rdma:// URL instead of falling back to TCP on the same host and port.
+    /// Example: `rdma-rpc ping rdma://node2:7878 --no-fallback`.
+    #[arg(long)]
+    pub no_fallback: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults() {
+        let cli = Cli::try_parse_from(["rdma-rpc", "ping", "tcp://h:1"]).expect("parses");
+        let Command::Ping(ping) = cli.command else { panic!("not ping") };
+        assert_eq!((ping.count, ping.size, ping.concurrency, ping.timeout_ms), (10, 64, 1, 5000));
+        let cli = Cli::try_parse_from(["rdma-rpc", "-vv", "serve"]).expect("parses");
+        assert_eq!(cli.verbose, 2);
+        let Command::Serve(serve) = cli.command else { panic!("not serve") };
+        assert_eq!(serve.listen.to_string(), "tcp://0.0.0.0:7878");
+        assert_eq!(serve.drain_secs, 10);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(Cli::try_parse_from(["rdma-rpc", "ping", "ftp://h:1"]).is_err());
+        assert!(Cli::try_parse_from(["rdma-rpc", "ping", "tcp://h:1", "--count", "0"]).is_err());
+        assert!(Cli::try_parse_from(["rdma-rpc", "ping", "tcp://h:1", "--concurrency", "0"]).is_err());
+        assert!(Cli::try_parse_from(["rdma-rpc", "ping", "tcp://h:1", "--size", "999999999"]).is_err());
+    }
+}

@@ -1,0 +1,176 @@
+//! `rdma-rpc ping`: echo calls against a server, timed one by one into an HDR histogram.
+//!
+//! `--concurrency C` runs C tasks that share one connection (clones of one client) and take call
+//! numbers from a shared counter until `--count` calls were made. Every reply must equal its
+//! payload (each payload starts with its call number, so swapped replies are caught too). The
+//! first failure stops the run and becomes the command's error.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use hdrhistogram::Histogram;
+use tokio::task::JoinSet;
+
+use crate::pb::echo::{EchoClient, EchoRequest};
+use crate::rpc::{Client, ConnectionConfig};
+use crate::transport::tcp::{TcpConfig, TcpConnection};
+
+use super::args::PingArgs;
+use super::error::CliError;
+
+/// Round trips above this (one minute, in nanoseconds) are recorded as this.
+const MAX_RECORDED_NS: u64 = 60_000_000_000;
+
+/// Runs `ping` to completion, printing its report on stdout.
+pub async fn run(args: PingArgs) -> Result<(), CliError> {
+    let resolved = args.url.transport(args.no_fallback)?;
+    let endpoint = resolved.endpoint;
+    if endpoint.port == 0 {
+        return Err(CliError::BadUrl {
+            url: args.url.to_string(),
+            reason: "port 0 only makes sense for `serve` (it picks a free port); give the server's port".into(),
+        });
+    }
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let url = endpoint.to_string();
+    let connect = async {
+        let connection = TcpConnection::connect((endpoint.host.as_str(), endpoint.port), TcpConfig::default())
+            .await
+            .map_err(|err| CliError::connect(&url, crate::transport::TransportError::from(err).into()))?;
+        Client::connect(connection, ConnectionConfig::default()).await.map_err(|err| CliError::connect(&url, err))
+    };
+    let client = tokio::time::timeout(timeout, connect)
+        .await
+        .map_err(|_| CliError::ConnectTimeout { endpoint: url.clone(), timeout_ms: args.timeout_ms })??
+        .with_timeout(timeout);
+
+    match resolved.fallback {
+        Some(reason) => println!("transport: {} (fallback from rdma: {reason})", client.transport_name()),
+        None => println!("transport: {}", client.transport_name()),
+    }
+    println!("peer: {} (concurrency {}, timeout {} ms)", client.peer(), args.concurrency, args.timeout_ms);
+
+    let size = usize::try_from(args.size).expect("--size is capped at 16 MiB by its parser");
+    let run = Run { client: EchoClient::new(client.clone()), peer: client.peer().to_string(), count: args.count, size };
+    let started = Instant::now();
+    let histogram = run.all(args.concurrency).await?;
+    let elapsed = started.elapsed();
+    println!("{}", summary(&histogram, args.count, size, elapsed));
+    client.close().await;
+    Ok(())
+}
+
+struct Run {
+    client: EchoClient<TcpConnection>,
+    peer: String,
+    count: u64,
+    size: usize,
+}
+
+impl Run {
+    /// Makes all the calls from `concurrency` tasks; the merged histogram of their round trips.
+    async fn all(self, concurrency: u64) -> Result<Histogram<u64>, CliError> {
+        let run = Arc::new(self);
+        let next = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = JoinSet::new();
+        for _ in 0..concurrency.min(run.count) {
+            let (run, next, stop) = (run.clone(), next.clone(), stop.clone());
+            tasks.spawn(async move { run.worker(&next, &stop).await });
+        }
+        let mut total = new_histogram();
+        let mut failure = None;
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(Ok(histogram)) => {
+                    total.add(&histogram).expect("histograms with the same bounds merge");
+                }
+                Ok(Err(err)) => {
+                    stop.store(true, Ordering::Relaxed);
+                    failure.get_or_insert(err);
+                }
+                Err(join) => std::panic::resume_unwind(join.into_panic()),
+            }
+        }
+        failure.map_or(Ok(total), Err)
+    }
+
+    /// Takes call numbers until all calls are made or another task failed.
+    async fn worker(&self, next: &AtomicU64, stop: &AtomicBool) -> Result<Histogram<u64>, CliError> {
+        let mut histogram = new_histogram();
+        while !stop.load(Ordering::Relaxed) {
+            let index = next.fetch_add(1, Ordering::Relaxed);
+            if index >= self.count {
+                break;
+            }
+            let request = EchoRequest { payload: payload(index, self.size) };
+            let started = Instant::now();
+            let reply = self.client.echo(&request).await.map_err(|status| CliError::call(index, &self.peer, status))?;
+            let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            histogram.saturating_record(nanos.clamp(1, MAX_RECORDED_NS));
+            if reply.payload != request.payload {
+                let (sent, got) = (&request.payload, &reply.payload);
+                let at = sent.iter().zip(got.iter()).position(|(a, b)| a != b).unwrap_or(sent.len().min(got.len()));
+                return Err(CliError::Mismatch { index, sent: sent.len(), got: got.len(), at });
+            }
+        }
+        Ok(histogram)
+    }
+}
+
+pub(crate) fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_RECORDED_NS, 3).expect("1 ns .. 60 s with 3 significant digits are valid bounds")
+}
+
+/// `size` bytes: the call number (little endian, truncated to fit), then a byte pattern.
+fn payload(index: u64, size: usize) -> Bytes {
+    let mut buf = BytesMut::with_capacity(size);
+    let number = index.to_le_bytes();
+    buf.put_slice(&number[..size.min(number.len())]);
+    buf.extend((buf.len()..size).map(|i| (i as u64).wrapping_mul(31).wrapping_add(index) as u8));
+    buf.freeze()
+}
+
+/// `N calls, SIZE B payload: p50 X µs, p99 Y µs, max Z µs, R calls/s, T MB/s`; throughput counts
+/// payload bytes both ways, in MB of 10^6 bytes.
+fn summary(histogram: &Histogram<u64>, count: u64, size: usize, elapsed: Duration) -> String {
+    let micros = |nanos: u64| nanos as f64 / 1000.0;
+    let seconds = elapsed.as_secs_f64().max(1e-9);
+    let calls_per_sec = count as f64 / seconds;
+    let megabytes_per_sec = 2.0 * count as f64 * size as f64 / seconds / 1e6;
+    let rate_decimals = if calls_per_sec < 100.0 { 1 } else { 0 };
+    format!(
+        "{count} calls, {size} B payload: p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs, {calls_per_sec:.rate_decimals$} \
+         calls/s, {megabytes_per_sec:.2} MB/s",
+        micros(histogram.value_at_quantile(0.5)),
+        micros(histogram.value_at_quantile(0.99)),
+        micros(histogram.max()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_have_the_size_asked_and_differ_per_call() {
+        for size in [0, 1, 7, 8, 9, 4096] {
+            assert_eq!(payload(3, size).len(), size);
+        }
+        assert_ne!(payload(1, 64), payload(2, 64));
+        assert_eq!(payload(5, 64), payload(5, 64));
+    }
+
+    #[test]
+    fn summary_has_the_documented_shape() {
+        let mut histogram = new_histogram();
+        for nanos in [10_000, 20_000, 30_000, 1_000_000] {
+            histogram.record(nanos).expect("in bounds");
+        }
+        let text = summary(&histogram, 4, 1000, Duration::from_millis(2));
+        assert!(text.starts_with("4 calls, 1000 B payload: p50 20.0 µs, p99 1000.4 µs, max 1000.4 µs"), "{text}");
+        assert!(text.ends_with("2000 calls/s, 4.00 MB/s"), "{text}");
+    }
+}
