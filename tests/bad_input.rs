@@ -34,14 +34,14 @@ struct RawPeer {
 }
 
 impl RawPeer {
-    /// Connects and completes the handshake (reads the server's SETTINGS, sends ours).
+    /// Connects and completes the handshake (sends our SETTINGS, reads the server's).
     async fn handshake(server: &TestServer) -> RawPeer {
         let (mut tx, mut rx) =
             TcpConnection::connect(server.addr, TcpConfig::default()).await.expect("connect").split();
-        let first = rx.recv().await.expect("recv").expect("settings");
-        assert!(matches!(Frame::decode(first, &WireLimits::default()), Ok(Frame::Settings(_))));
         let settings = Frame::Settings(SessionConfig::default().to_settings());
         tx.send(frame_buf(&settings)).await.expect("send settings");
+        let first = rx.recv().await.expect("recv").expect("settings");
+        assert!(matches!(Frame::decode(first, &WireLimits::default()), Ok(Frame::Settings(_))));
         RawPeer { tx, rx }
     }
 

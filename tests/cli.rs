@@ -159,18 +159,18 @@ fn rdma_urls_fail_or_fall_back_to_tcp() {
     let server = Server::start();
     let out = run(&["ping", &server.url("rdma"), "--no-fallback"]);
     assert_eq!(out.status.code(), Some(2), "{out}");
-    assert!(out.stderr.contains("RDMA transport not available in this build"), "{out}");
+    assert!(out.stderr.contains("RDMA not possible to 127.0.0.1:"), "{out}");
     assert!(out.stderr.contains(&format!("use {}", server.url("tcp"))), "{out}");
 
     let out = run(&["ping", &server.url("rdma"), "--count", "20"]);
     assert!(out.status.success(), "{out}");
     assert!(out.stdout.contains("transport: tcp (fallback from rdma: "), "{out}");
     assert!(out.stdout.contains("20 calls"), "{out}");
-    assert!(out.stderr.contains("falling back to TCP"), "{out}");
+    assert!(out.stderr.contains("RDMA not possible; using TCP"), "{out}");
 
     let out = run(&["serve", "--listen", "rdma://127.0.0.1:0", "--no-fallback"]);
     assert_eq!(out.status.code(), Some(2), "{out}");
-    assert!(out.stderr.contains("RDMA transport not available in this build"), "{out}");
+    assert!(out.stderr.contains("RDMA not possible to 127.0.0.1:0"), "{out}");
 }
 
 #[test]
@@ -180,7 +180,7 @@ fn devices_reports_devices_or_why_there_are_none() {
     let listed = out.stdout.lines().any(|line| line.contains(": node_type "));
     assert!(listed || out.stdout.contains("no RDMA devices"), "{out}");
     assert!(out.stdout.contains("libibverbs"), "{out}");
-    assert!(out.stdout.contains("rdma transport: not available"), "{out}");
+    assert!(out.stdout.contains("rdma transport: "), "{out}");
 }
 
 #[test]

@@ -21,12 +21,8 @@ const IN_FLIGHT: u64 = 64;
 
 /// Runs the demo and prints its report.
 pub async fn run(args: DemoArgs) -> Result<(), CliError> {
-    let devices = std::path::Path::new("/sys/class/infiniband");
-    let why_tcp = if devices.is_dir() {
-        super::RDMA_UNAVAILABLE_REASON
-    } else {
-        "this host has no RDMA devices (see `rdma-rpc devices`)"
-    };
+    let why_tcp = "loopback: 127.0.0.1 has no RDMA device; `rdma-rpc serve --listen rdma://IP:PORT` and `rdma-rpc \
+                   ping rdma://IP:PORT` use RDMA between hosts";
     println!("rdma-rpc demo: server and client on 127.0.0.1, transport tcp ({why_tcp})");
 
     let listener = TcpListener::bind("127.0.0.1:0", TcpConfig::default()).await.map_err(fail)?;

@@ -8,8 +8,6 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::RDMA_UNAVAILABLE_REASON;
-
 /// Where the kernel lists RDMA devices.
 const SYSFS_ROOT: &str = "/sys/class/infiniband";
 
@@ -98,10 +96,27 @@ fn report(root: &Path, libibverbs: Option<PathBuf>) -> String {
             LIBIBVERBS_PATHS.join(", ")
         ),
     };
-    let _ = writeln!(
-        out,
-        "rdma transport: not available: {RDMA_UNAVAILABLE_REASON}; rdma:// URLs fall back to TCP unless --no-fallback is given"
-    );
+    let _ = match crate::transport::rdma::verbs::list_devices() {
+        Ok(devices) if !devices.is_empty() => {
+            let names: Vec<String> = devices
+                .iter()
+                .map(|d| {
+                    let active = d.ports.iter().filter(|p| p.state == "Active").count();
+                    format!("{} ({active} active port(s))", d.name)
+                })
+                .collect();
+            writeln!(out, "rdma transport: available through libibverbs on {}", names.join(", "))
+        }
+        Ok(_) => writeln!(
+            out,
+            "rdma transport: not available: libibverbs sees no device; rdma:// URLs fall back to TCP unless \
+             --no-fallback is given"
+        ),
+        Err(err) => writeln!(
+            out,
+            "rdma transport: not available: {err}; rdma:// URLs fall back to TCP unless --no-fallback is given"
+        ),
+    };
     out
 }
 
@@ -244,7 +259,7 @@ mod tests {
         assert!(text.contains("this kernel has no RDMA core"), "{text}");
         assert!(text.contains("modprobe rdma_rxe && rdma link add rxe0 type rxe netdev eth0"), "{text}");
         assert!(text.contains("libibverbs.so.1 not found"), "{text}");
-        assert!(text.contains("rdma transport: not available: this build"), "{text}");
+        assert!(text.contains("rdma transport: "), "{text}");
     }
 
     #[test]

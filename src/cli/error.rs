@@ -8,8 +8,6 @@ use crate::rpc::ConnectError;
 use crate::status::{Code, Status};
 use crate::transport::TransportError;
 
-use super::RDMA_UNAVAILABLE_REASON;
-
 /// The accepted endpoint forms, shown with every URL error.
 pub(crate) const URL_FORMS: &str = "expected tcp://HOST:PORT or rdma://HOST:PORT, where HOST is a name, an IPv4 \
      address or a bracketed IPv6 address, e.g. tcp://127.0.0.1:7878, tcp://[::1]:7878, rdma://node2.example:7878";
@@ -26,14 +24,16 @@ pub enum CliError {
         /// What is wrong with it.
         reason: String,
     },
-    /// An `rdma://` endpoint with `--no-fallback`, in a build without the RDMA transport.
+    /// An `rdma://` endpoint with `--no-fallback`, where RDMA is not possible.
     #[error(
-        "RDMA transport not available in this build: {RDMA_UNAVAILABLE_REASON}; use tcp://{host_port}, or drop \
-         --no-fallback to fall back to TCP automatically"
+        "RDMA not possible to {host_port}: {reason}; fix that, use tcp://{host_port}, or drop --no-fallback to fall \
+         back to TCP automatically"
     )]
     RdmaUnavailable {
         /// "HOST:PORT" of the endpoint, IPv6 hosts in brackets.
         host_port: String,
+        /// Why not.
+        reason: String,
     },
     /// The demo found something wrong (a lost or corrupted chunk, a failed call).
     #[error("demo failed: {0}")]
@@ -176,8 +176,8 @@ mod tests {
 
     #[test]
     fn messages_name_the_fix() {
-        let text = CliError::RdmaUnavailable { host_port: "h:1".into() }.to_string();
-        assert!(text.contains("RDMA transport not available in this build") && text.contains("tcp://h:1"), "{text}");
+        let text = CliError::RdmaUnavailable { host_port: "h:1".into(), reason: "no device".into() }.to_string();
+        assert!(text.contains("RDMA not possible to h:1: no device") && text.contains("tcp://h:1"), "{text}");
 
         let err = CliError::listen("tcp://0.0.0.0:1".into(), io::Error::from(io::ErrorKind::AddrInUse));
         assert!(err.to_string().contains("port 0 picks a free one"), "{err}");

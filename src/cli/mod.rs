@@ -27,11 +27,6 @@ pub use args::{Cli, Command, DemoArgs, PingArgs, ServeArgs};
 pub use error::CliError;
 pub use url::{Endpoint, Scheme};
 
-/// Why this build cannot open RDMA connections. The same sentence as
-/// `rdma_rpc_transport_rdma::UNAVAILABLE_REASON`, which the root crate does not depend on.
-pub const RDMA_UNAVAILABLE_REASON: &str =
-    "this build of rdma-rpc has no RDMA transport yet (transport-rdma is a skeleton)";
-
 /// Parses the process arguments, runs the command, and reports a failure on stderr.
 ///
 /// Exit codes: 0 success, 1 a failure at run time, 2 a command line that cannot work.

@@ -14,8 +14,9 @@ use hdrhistogram::Histogram;
 use tokio::task::JoinSet;
 
 use crate::pb::echo::{EchoClient, EchoRequest};
-use crate::rpc::{Client, ConnectionConfig};
-use crate::transport::tcp::{TcpConfig, TcpConnection};
+use crate::rpc::{Client, ConnectError, ConnectOptions, Connection, connect};
+use crate::transport::Transport;
+use crate::transport::rdma::RdmaConfig;
 
 use super::args::PingArgs;
 use super::error::CliError;
@@ -25,8 +26,7 @@ const MAX_RECORDED_NS: u64 = 60_000_000_000;
 
 /// Runs `ping` to completion, printing its report on stdout.
 pub async fn run(args: PingArgs) -> Result<(), CliError> {
-    let resolved = args.url.transport(args.no_fallback)?;
-    let endpoint = resolved.endpoint;
+    let endpoint = &args.url;
     if endpoint.port == 0 {
         return Err(CliError::BadUrl {
             url: args.url.to_string(),
@@ -35,23 +35,36 @@ pub async fn run(args: PingArgs) -> Result<(), CliError> {
     }
     let timeout = Duration::from_millis(args.timeout_ms);
     let url = endpoint.to_string();
-    let connect = async {
-        let connection = TcpConnection::connect((endpoint.host.as_str(), endpoint.port), TcpConfig::default())
-            .await
-            .map_err(|err| CliError::connect(&url, crate::transport::TransportError::from(err).into()))?;
-        Client::connect(connection, ConnectionConfig::default()).await.map_err(|err| CliError::connect(&url, err))
+    let host_port = endpoint.host_port();
+    let options = ConnectOptions {
+        rdma: endpoint.wants_rdma().then(RdmaConfig::default),
+        fallback: !args.no_fallback,
+        timeout,
+        ..ConnectOptions::default()
     };
-    let client = tokio::time::timeout(timeout, connect)
-        .await
-        .map_err(|_| CliError::ConnectTimeout { endpoint: url.clone(), timeout_ms: args.timeout_ms })??
-        .with_timeout(timeout);
-
-    match resolved.fallback {
-        Some(reason) => println!("transport: {} (fallback from rdma: {reason})", client.transport_name()),
-        None => println!("transport: {}", client.transport_name()),
+    let connection = connect(&host_port, &options).await.map_err(|err| match err {
+        ConnectError::RdmaRequired { reason } => CliError::RdmaUnavailable { host_port: host_port.clone(), reason },
+        ConnectError::Timeout { .. } => CliError::ConnectTimeout { endpoint: url.clone(), timeout_ms: args.timeout_ms },
+        other => CliError::connect(&url, other),
+    })?;
+    match connection {
+        Connection::Tcp { client, fallback } => {
+            match fallback {
+                Some(reason) => println!("transport: tcp (fallback from rdma: {reason})"),
+                None => println!("transport: tcp"),
+            }
+            measure(client, &args, timeout).await
+        }
+        Connection::Rdma(client) => {
+            println!("transport: rdma");
+            measure(client, &args, timeout).await
+        }
     }
-    println!("peer: {} (concurrency {}, timeout {} ms)", client.peer(), args.concurrency, args.timeout_ms);
+}
 
+async fn measure<T: Transport>(client: Client<T>, args: &PingArgs, timeout: Duration) -> Result<(), CliError> {
+    let client = client.with_timeout(timeout);
+    println!("peer: {} (concurrency {}, timeout {} ms)", client.peer(), args.concurrency, args.timeout_ms);
     let size = usize::try_from(args.size).expect("--size is capped at 16 MiB by its parser");
     let run = Run { client: EchoClient::new(client.clone()), peer: client.peer().to_string(), count: args.count, size };
     let started = Instant::now();
@@ -62,14 +75,14 @@ pub async fn run(args: PingArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-struct Run {
-    client: EchoClient<TcpConnection>,
+struct Run<T: Transport> {
+    client: EchoClient<T>,
     peer: String,
     count: u64,
     size: usize,
 }
 
-impl Run {
+impl<T: Transport> Run<T> {
     /// Makes all the calls from `concurrency` tasks; the merged histogram of their round trips.
     async fn all(self, concurrency: u64) -> Result<Histogram<u64>, CliError> {
         let run = Arc::new(self);

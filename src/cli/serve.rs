@@ -1,6 +1,7 @@
-//! `rdma-rpc serve`: the echo service over TCP until Ctrl-C or SIGTERM, then a graceful drain.
+//! `rdma-rpc serve`: the echo service until Ctrl-C or SIGTERM, then a graceful drain. With an
+//! `rdma://` URL, clients that offer RDMA get an RDMA data path; others are served over TCP.
 //!
-//! Once bound it prints exactly one line on stdout, `listening on tcp://ADDR (services: ...)`,
+//! Once bound it prints exactly one line on stdout, `listening on SCHEME://ADDR ... (services: ...)`,
 //! with the real address (port 0 picks a free one), so scripts and tests can wait for it.
 
 use std::io::Write;
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use crate::echo::EchoService;
 use crate::rpc::{ConnectionConfig, Router, Server};
+use crate::transport::rdma::RdmaConfig;
 use crate::transport::tcp::{TcpConfig, TcpListener};
 
 use super::args::ServeArgs;
@@ -15,8 +17,8 @@ use super::error::CliError;
 
 /// Runs `serve` to completion.
 pub async fn run(args: ServeArgs) -> Result<(), CliError> {
-    let resolved = args.listen.transport(args.no_fallback)?;
-    let endpoint = resolved.endpoint;
+    let endpoint = &args.listen;
+    let rdma = if endpoint.wants_rdma() { rdma_config(endpoint, args.no_fallback)? } else { None };
     let listener = TcpListener::bind((endpoint.host.as_str(), endpoint.port), TcpConfig::default())
         .await
         .map_err(|source| CliError::listen(endpoint.to_string(), source))?;
@@ -30,19 +32,38 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     {
         let mut stdout = std::io::stdout().lock();
         // A closed stdout (e.g. `| head -0`) must not stop the server: it is only a notice.
-        let _ = writeln!(stdout, "listening on tcp://{local} (services: {services})");
+        let offer = match &rdma {
+            Some(_) => " (RDMA offered; TCP for clients that cannot)",
+            None if endpoint.wants_rdma() => " (RDMA not possible here: TCP only)",
+            None => "",
+        };
+        let _ = writeln!(stdout, "listening on {}://{local}{offer} (services: {services})", endpoint.scheme_name());
         let _ = stdout.flush();
     }
-    tracing::info!(%local, %services, fallback = resolved.fallback, "serving");
+    tracing::info!(%local, %services, rdma = rdma.is_some(), "serving");
 
     let drain = Duration::from_secs(args.drain_secs);
     let shutdown = async move {
         let signal = shutdown_signal().await;
         eprintln!("{signal}: no new connections; draining in-flight calls for up to {}s", drain.as_secs());
     };
-    server.serve_tcp(listener, shutdown, drain).await.map_err(CliError::Serve)?;
+    server.serve(listener, rdma, shutdown, drain).await.map_err(CliError::Serve)?;
     tracing::info!("server stopped");
     Ok(())
+}
+
+/// The RDMA settings to offer, after checking that this host has an RDMA device at all.
+fn rdma_config(endpoint: &super::Endpoint, no_fallback: bool) -> Result<Option<RdmaConfig>, CliError> {
+    let reason = match crate::transport::rdma::verbs::list_devices() {
+        Ok(devices) if !devices.is_empty() => return Ok(Some(RdmaConfig::default())),
+        Ok(_) => "no RDMA device is registered on this host".to_string(),
+        Err(err) => err.to_string(),
+    };
+    if no_fallback {
+        return Err(CliError::RdmaUnavailable { host_port: endpoint.host_port(), reason });
+    }
+    tracing::warn!(%reason, "RDMA not possible on this host; serving TCP only (pass --no-fallback to make this an error)");
+    Ok(None)
 }
 
 /// Resolves with the signal's name on Ctrl-C (SIGINT) or, on Unix, SIGTERM.

@@ -1,14 +1,13 @@
 //! Endpoint URLs: `tcp://HOST:PORT` and `rdma://HOST:PORT`, where HOST is a name, an IPv4 address
 //! or a bracketed IPv6 address, and the port is required. Nothing else (no path, user or query).
 //!
-//! This build has no RDMA transport: [`Endpoint::transport`] turns an `rdma://` endpoint into an
-//! error (`--no-fallback`) or into TCP to the same host and port, with a warning.
+//! `rdma://` means RDMA with TCP fallback on the same host and port (see `rpc::connect`); the
+//! TCP port is also where the RDMA connection is set up.
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use super::RDMA_UNAVAILABLE_REASON;
 use super::error::CliError;
 
 /// The transport an endpoint names.
@@ -41,15 +40,6 @@ pub struct Endpoint {
     pub port: u16,
 }
 
-/// How a command will reach an endpoint in this build.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Resolved {
-    /// The endpoint, with the scheme actually used.
-    pub endpoint: Endpoint,
-    /// Why the endpoint asked for RDMA but gets TCP, if it did.
-    pub fallback: Option<&'static str>,
-}
-
 impl Endpoint {
     /// "HOST:PORT", with an IPv6 host in brackets: what sockets and `tcp://` URLs take.
     pub fn host_port(&self) -> String {
@@ -60,24 +50,17 @@ impl Endpoint {
         }
     }
 
-    /// The transport to use for this endpoint. `rdma://` is not available in this build: with
-    /// `no_fallback` it is an error; otherwise a warning is logged and TCP is used to the same
-    /// host and port.
-    pub fn transport(&self, no_fallback: bool) -> Result<Resolved, CliError> {
+    /// "tcp" or "rdma".
+    pub fn scheme_name(&self) -> &'static str {
         match self.scheme {
-            Scheme::Tcp => Ok(Resolved { endpoint: self.clone(), fallback: None }),
-            Scheme::Rdma if no_fallback => Err(CliError::RdmaUnavailable { host_port: self.host_port() }),
-            Scheme::Rdma => {
-                tracing::warn!(
-                    endpoint = %self,
-                    reason = RDMA_UNAVAILABLE_REASON,
-                    "RDMA transport not available; falling back to TCP on the same host and port \
-                     (pass --no-fallback to make this an error)"
-                );
-                let endpoint = Endpoint { scheme: Scheme::Tcp, ..self.clone() };
-                Ok(Resolved { endpoint, fallback: Some(RDMA_UNAVAILABLE_REASON) })
-            }
+            Scheme::Tcp => "tcp",
+            Scheme::Rdma => "rdma",
         }
+    }
+
+    /// Whether the URL asks for RDMA (`rdma://`).
+    pub fn wants_rdma(&self) -> bool {
+        self.scheme == Scheme::Rdma
     }
 }
 
@@ -215,15 +198,9 @@ mod tests {
     }
 
     #[test]
-    fn rdma_falls_back_to_tcp_unless_told_not_to() {
-        let resolved = ok("rdma://[::1]:9").transport(false).expect("fallback");
-        assert_eq!(resolved.endpoint.to_string(), "tcp://[::1]:9");
-        assert_eq!(resolved.fallback, Some(RDMA_UNAVAILABLE_REASON));
-
-        let text = ok("rdma://h:9").transport(true).expect_err("no fallback").to_string();
-        assert!(text.contains("not available in this build") && text.contains("use tcp://h:9"), "{text}");
-
-        let tcp = ok("tcp://h:9").transport(true).expect("tcp");
-        assert_eq!(tcp.fallback, None);
+    fn the_scheme_says_whether_rdma_is_wanted() {
+        assert!(ok("rdma://[::1]:9").wants_rdma());
+        assert_eq!(ok("rdma://h:9").host_port(), "h:9");
+        assert!(!ok("tcp://h:9").wants_rdma());
     }
 }

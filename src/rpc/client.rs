@@ -64,6 +64,7 @@ impl<T: Transport> Client<T> {
     /// Starts a connection over an established transport and waits for the handshake (the
     /// server's SETTINGS).
     pub async fn connect(transport: T, config: ConnectionConfig) -> Result<Self, ConnectError> {
+        let config = config.fitted_to(&transport.capabilities());
         config.session.validate()?;
         let peer = transport.peer();
         let name = transport.capabilities().name;

@@ -16,12 +16,14 @@ mod call;
 mod client;
 mod codec;
 mod command;
+mod connect;
 mod driver;
 mod server;
 mod writer;
 
 pub use call::{CallReceiver, CallSender, Incoming, ResponseSender};
 pub use client::{CallOptions, Client};
+pub use connect::{ConnectOptions, Connection, connect};
 pub use server::{
     Finisher, HandlerFuture, RequestContext, Router, Server, ServerCall, Service, serve_client_streaming,
     serve_server_streaming, serve_streaming, serve_unary,
@@ -37,6 +39,15 @@ pub struct ConnectionConfig {
     pub session: SessionConfig,
 }
 
+impl ConnectionConfig {
+    /// The same configuration with frames no larger than the transport carries.
+    pub fn fitted_to(&self, capabilities: &crate::transport::Capabilities) -> ConnectionConfig {
+        let mut fitted = self.clone();
+        fitted.session.max_frame_size = fitted.session.max_frame_size.min(capabilities.max_message_size);
+        fitted
+    }
+}
+
 /// Why a client could not connect.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -47,6 +58,20 @@ pub enum ConnectError {
     /// The transport could not connect.
     #[error(transparent)]
     Transport(#[from] crate::transport::TransportError),
+    /// RDMA was required (no fallback) but is not possible.
+    #[error("RDMA required but not possible: {reason}; fix that, or allow the TCP fallback (drop --no-fallback)")]
+    RdmaRequired {
+        /// Why RDMA is not possible.
+        reason: String,
+    },
+    /// Connecting took too long.
+    #[error("connecting to {addr} took longer than {timeout:?}: is the server up and reachable?")]
+    Timeout {
+        /// The address.
+        addr: String,
+        /// The limit.
+        timeout: std::time::Duration,
+    },
     /// The peer did not complete the rdma-rpc handshake.
     #[error("handshake with {peer} failed: {status}")]
     Handshake {

@@ -21,7 +21,8 @@ use crate::pb::rpc as pb;
 use crate::session::Role;
 use crate::status::Status;
 use crate::transport::Transport;
-use crate::transport::tcp::TcpListener;
+use crate::transport::rdma::{Accepted, RdmaConfig};
+use crate::transport::tcp::{TcpHalves, TcpListener};
 use crate::wire::Kind;
 
 /// A running handler.
@@ -235,6 +236,7 @@ impl Server {
     /// Serves one established connection in a task of its own.
     pub fn serve_connection<T: Transport>(&mut self, transport: T) {
         let peer: Arc<str> = transport.peer().into();
+        let config = self.config.fitted_to(&transport.capabilities());
         let (alloc, sender, receiver) = transport.split();
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         let setup = DriverSetup::<T> {
@@ -243,7 +245,7 @@ impl Server {
             receiver,
             peer,
             role: Role::Server,
-            config: self.config.session.clone(),
+            config: config.session,
             buf_rx: None,
             ctl_tx,
             ctl_rx,
@@ -257,20 +259,58 @@ impl Server {
         self.connections.spawn(drive(setup));
     }
 
-    /// Accepts TCP connections until `shutdown` resolves, then shuts down gracefully: GOAWAY on
-    /// every connection, in-flight calls drain for up to `drain`, the rest are aborted.
+    /// Serves TCP clients only (an RDMA offer is refused, and that client falls back to TCP).
+    /// See [`Server::serve`].
     pub async fn serve_tcp(
-        mut self,
+        self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
         drain: Duration,
     ) -> std::io::Result<()> {
+        self.serve(listener, None, shutdown, drain).await
+    }
+
+    /// Accepts connections on one TCP port until `shutdown` resolves: a client that offers RDMA
+    /// gets an RDMA data path when `rdma` is set and this host can (else a refusal with the
+    /// reason, and the connection stays on TCP); any other client is served over TCP. Then shuts
+    /// down gracefully: GOAWAY on every connection, in-flight calls drain for up to `drain`, the
+    /// rest are aborted.
+    pub async fn serve(
+        mut self,
+        listener: TcpListener,
+        rdma: Option<RdmaConfig>,
+        shutdown: impl Future<Output = ()>,
+        drain: Duration,
+    ) -> std::io::Result<()> {
         tokio::pin!(shutdown);
+        let (ready_tx, mut ready) = mpsc::unbounded_channel::<(String, Accepted)>();
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok(connection) => self.serve_connection(connection),
+                    Ok(connection) => {
+                        let (ready_tx, rdma) = (ready_tx.clone(), rdma.clone());
+                        // The handshake reads the first message: a task of its own, so a slow
+                        // client cannot hold up the accept loop.
+                        tokio::spawn(async move {
+                            let peer = format!("tcp://{}", connection.peer_addr());
+                            match crate::transport::rdma::accept(connection, rdma.as_ref()).await {
+                                Ok(accepted) => {
+                                    let _ = ready_tx.send((peer, accepted));
+                                }
+                                Err(err) => tracing::warn!(%peer, %err, "connection setup failed"),
+                            }
+                        });
+                    }
                     Err(err) => tracing::warn!(%err, "accept failed"),
+                },
+                Some((peer, accepted)) = ready.recv() => match accepted {
+                    Accepted::Rdma(connection) => self.serve_connection(connection),
+                    Accepted::Tcp { sender, receiver, first, reason } => {
+                        if let Some(reason) = reason {
+                            tracing::info!(%peer, %reason, "client offered RDMA; serving it over TCP");
+                        }
+                        self.serve_connection(TcpHalves { sender, receiver, first, peer });
+                    }
                 },
                 () = &mut shutdown => break,
             }

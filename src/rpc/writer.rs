@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 use super::command::Outgoing;
 use crate::session::Transmit;
 use crate::transport::{BufferAlloc, FrameSender, SendBuffer, TransportError};
-use crate::wire::{Frame, FrameHeader, HEADER_LEN};
+use crate::wire::{FrameHeader, HEADER_LEN};
 
 /// Frames to queue before a flush even when more are waiting, so one busy connection does not
 /// hold a huge batch.
@@ -44,23 +44,35 @@ where
     S: FrameSender<Buf = A::Buf>,
 {
     match transmit {
-        Transmit::Control(frame) => sender.feed(encode_control(alloc, &frame).await?),
+        Transmit::Control(frame) => {
+            let mut buf = buffer(alloc, sender, frame.encoded_len()).await?;
+            frame.encode(buf.writer());
+            sender.feed(buf)
+        }
         Transmit::Data { header, body: Outgoing::Buf(mut buf) } => {
             patch_header(&header, &mut buf)?;
             sender.feed(buf)
         }
         Transmit::Data { header, body: Outgoing::Bytes(payload) } => {
-            let mut head = alloc.alloc(HEADER_LEN).await?;
+            let mut head = buffer(alloc, sender, HEADER_LEN).await?;
             header.encode(head.writer());
             sender.feed_with_payload(head, payload)
         }
     }
 }
 
-async fn encode_control<A: BufferAlloc>(alloc: &A, frame: &Frame) -> Result<A::Buf, TransportError> {
-    let mut buf = alloc.alloc(frame.encoded_len()).await?;
-    frame.encode(buf.writer());
-    Ok(buf)
+/// A buffer for the writer's own frames. When none is free, the buffers fed so far are flushed
+/// first: they are what frees buffers, so waiting without flushing could wait forever.
+async fn buffer<A, S>(alloc: &A, sender: &mut S, capacity: usize) -> Result<A::Buf, TransportError>
+where
+    A: BufferAlloc,
+    S: FrameSender<Buf = A::Buf>,
+{
+    if let Some(buf) = alloc.try_alloc(capacity) {
+        return buf;
+    }
+    sender.flush().await?;
+    alloc.alloc(capacity).await
 }
 
 /// Writes the header into the `HEADER_LEN` bytes of room the encoder left at the front.

@@ -63,6 +63,10 @@ impl BufferAlloc for MemAlloc {
     async fn alloc(&self, capacity: usize) -> Result<MemBuf, TransportError> {
         Ok(MemBuf(BytesMut::with_capacity(capacity)))
     }
+
+    fn try_alloc(&self, capacity: usize) -> Option<Result<MemBuf, TransportError>> {
+        Some(Ok(MemBuf(BytesMut::with_capacity(capacity))))
+    }
 }
 
 /// Sending half.

@@ -10,10 +10,11 @@
 //! - **receive**: each message arrives as `Bytes` that owns its buffer (for RDMA a registered
 //!   receive buffer, re-posted when the last `Bytes` view drops).
 //!
-//! Implementations: TCP ([`tcp`], over the `transport-tcp` crate), RDMA (the `transport-rdma`
-//! crate), and [`mem`], an in-memory pair for protocol tests only.
+//! Implementations: TCP ([`tcp`], over the `transport-tcp` crate), RDMA ([`rdma`], over the
+//! `transport-rdma` crate), and [`mem`], an in-memory pair for protocol tests only.
 
 pub mod mem;
+pub mod rdma;
 pub mod tcp;
 
 use std::future::Future;
@@ -42,6 +43,9 @@ pub enum TransportError {
     /// The TCP transport failed.
     #[error(transparent)]
     Tcp(#[from] rdma_rpc_transport_tcp::TcpError),
+    /// The RDMA transport failed.
+    #[error(transparent)]
+    Rdma(#[from] rdma_rpc_transport_rdma::RdmaError),
     /// The peer closed the connection.
     #[error("connection closed by the peer")]
     Closed,
@@ -78,8 +82,12 @@ pub trait SendBuffer: Send + 'static {
 pub trait BufferAlloc: Clone + Send + Sync + 'static {
     /// The buffer type.
     type Buf: SendBuffer;
-    /// A buffer with room for at least `capacity` bytes. May wait for a free buffer (RDMA pools).
+    /// A buffer with room for at least `capacity` bytes, for application data. May wait for a
+    /// free buffer (RDMA pools keep a few back for control frames).
     fn alloc(&self, capacity: usize) -> impl Future<Output = Result<Self::Buf, TransportError>> + Send;
+    /// A buffer now, for control frames and headers, or `None` when every buffer is in use (then
+    /// the writer flushes, which frees buffers, and waits with `alloc`).
+    fn try_alloc(&self, capacity: usize) -> Option<Result<Self::Buf, TransportError>>;
 }
 
 /// The sending half of a connection.

@@ -29,6 +29,10 @@ impl BufferAlloc for TcpAlloc {
     async fn alloc(&self, capacity: usize) -> Result<SendBuf, TransportError> {
         Ok(SendBuf::with_capacity(capacity))
     }
+
+    fn try_alloc(&self, capacity: usize) -> Option<Result<SendBuf, TransportError>> {
+        Some(Ok(SendBuf::with_capacity(capacity)))
+    }
 }
 
 impl FrameSender for TcpSender {
@@ -80,5 +84,61 @@ impl Transport for TcpConnection {
     fn split(self) -> (TcpAlloc, TcpSender, TcpReceiver) {
         let (sender, receiver) = TcpConnection::split(self);
         (TcpAlloc, sender, receiver)
+    }
+}
+
+/// A TCP connection already split in two: what the RDMA handshake hands back when the connection
+/// stays on TCP. `first` is a message the server already read while looking for an RDMA offer; it
+/// is delivered before anything else.
+#[derive(Debug)]
+pub struct TcpHalves {
+    /// Sending half.
+    pub sender: TcpSender,
+    /// Receiving half.
+    pub receiver: TcpReceiver,
+    /// A message already read, delivered first.
+    pub first: Option<Bytes>,
+    /// The peer, as a URL.
+    pub peer: String,
+}
+
+/// A receiving half that first yields a message read earlier.
+#[derive(Debug)]
+pub struct PrefixedReceiver {
+    first: Option<Bytes>,
+    inner: TcpReceiver,
+}
+
+impl FrameReceiver for PrefixedReceiver {
+    async fn recv(&mut self) -> Result<Option<Bytes>, TransportError> {
+        if let Some(first) = self.first.take() {
+            return Ok(Some(first));
+        }
+        Ok(self.inner.recv().await?)
+    }
+}
+
+impl Transport for TcpHalves {
+    type Buf = SendBuf;
+    type Alloc = TcpAlloc;
+    type Sender = TcpSender;
+    type Receiver = PrefixedReceiver;
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            name: "tcp",
+            max_message_size: self.receiver.config().max_message_size,
+            max_inline_size: 0,
+            zero_copy_send: false,
+            zero_copy_recv: true,
+        }
+    }
+
+    fn peer(&self) -> String {
+        self.peer.clone()
+    }
+
+    fn split(self) -> (TcpAlloc, TcpSender, PrefixedReceiver) {
+        (TcpAlloc, self.sender, PrefixedReceiver { first: self.first, inner: self.receiver })
     }
 }

@@ -1,21 +1,29 @@
 //! # rdma-rpc-transport-rdma
 //!
-//! The RDMA transport of rdma-rpc: reliable-connected queue pairs over InfiniBand / RoCE, pools of
-//! registered memory, completion-queue polling, and zero-copy send streams. **Not built yet**: this
-//! crate is the skeleton the RDMA issue fills in. Until then `rdma://` URLs are answered with an
-//! error that says so (or fall back to TCP), and `rdma-rpc devices` reads the kernel's RDMA devices
-//! from sysfs.
+//! The RDMA transport of rdma-rpc: a reliable-connected queue pair per connection over
+//! InfiniBand / RoCE, registered buffers that prost encodes into and that received messages are
+//! handed up in (as `Bytes`, re-posted when dropped), completion-queue polling that spins for a
+//! bounded budget and then sleeps on the completion channel through tokio, and credit-based flow
+//! control so a receiver-not-ready never happens.
 //!
-//! The plan, fixed by the design:
-//! - `src/verbs/`: the only `unsafe` code, one file per verbs object (device, pd, mr, cq, qp,
-//!   channel, srq), RAII wrappers that keep their parent alive, over `sideway` and
-//!   `rdma-mummy-sys` (libibverbs loaded at run time, so one binary serves RDMA and TCP hosts);
-//! - the handshake rides the TCP connection (brpc's design): capabilities, then queue-pair details,
-//!   then the data path moves to an RC queue pair while TCP stays for liveness;
-//! - registered send buffers implement the root crate's `SendBuffer`, so prost encodes into memory
-//!   the NIC reads; received messages are `Bytes` over registered receive buffers, re-posted on drop.
+//! Connection setup follows brpc: the client opens a TCP connection first and offers RDMA in a
+//! hello message; when both sides can, they exchange queue-pair details and move the data path to
+//! the RC queue pair, keeping TCP for liveness. When either side cannot, the same TCP connection
+//! carries the traffic instead (the caller decides whether that fallback is allowed).
+//!
+//! All `unsafe` code is in [`verbs`]; the crate root denies it.
 
 #![deny(unsafe_code)]
 
-/// Why this build cannot open RDMA connections yet; shown by `rdma-rpc` for `rdma://` URLs.
-pub const UNAVAILABLE_REASON: &str = "this build of rdma-rpc has no RDMA transport yet (transport-rdma is a skeleton)";
+mod config;
+mod connection;
+mod error;
+mod handshake;
+mod poller;
+pub mod verbs;
+
+pub use config::{PollMode, RdmaConfig};
+pub use connection::{RdmaAlloc, RdmaConnection, RdmaReceiver, RdmaSender};
+pub use error::RdmaError;
+pub use handshake::{Accepted, Negotiated, accept, connect};
+pub use verbs::SlotWriter;

@@ -1,0 +1,164 @@
+//! The completion queue of a connection and its completion channel.
+//!
+//! The basic CQ (`ibv_poll_cq`) is used on purpose: the extended CQ of rdma-core 44's rxe provider
+//! advances its consumer index twice per batch (rdma-core PR #1512), which returns garbage
+//! completions on Debian 12's soft-RoCE. Notification (arm, event, ack) is not wrapped by sideway
+//! 0.4.3, so those three calls go through rdma-mummy-sys here.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::ptr::null_mut;
+use std::sync::Arc;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+use sideway::ibverbs::completion::{
+    BasicCompletionQueue, CompletionChannel, CompletionQueue as _, GenericCompletionQueue, PollCompletionQueueError,
+    WorkCompletionStatus,
+};
+
+use super::device::OpenDevice;
+use crate::RdmaError;
+
+/// One work completion, copied out of the CQ.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Completion {
+    pub(crate) wr_id: u64,
+    pub(crate) status: WorkCompletionStatus,
+    pub(crate) byte_len: u32,
+    /// Host order.
+    pub(crate) imm: u32,
+}
+
+impl Completion {
+    pub(crate) fn ok(&self) -> bool {
+        self.status == WorkCompletionStatus::Success
+    }
+}
+
+/// The completion channel as tokio watches it; holding the channel keeps its fd open.
+struct ChannelFd(Arc<CompletionChannel>);
+
+impl AsRawFd for ChannelFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// A CQ with a non-blocking completion channel.
+pub(crate) struct CompletionQueue {
+    /// Dropped first: deregisters the fd from tokio before anything closes it.
+    events: Option<AsyncFd<ChannelFd>>,
+    cq: Arc<BasicCompletionQueue>,
+    channel: Arc<CompletionChannel>,
+    unacked: u32,
+}
+
+impl CompletionQueue {
+    pub(crate) fn new(device: &OpenDevice, entries: u32) -> Result<Self, RdmaError> {
+        let channel = device
+            .context
+            .create_comp_channel()
+            .map_err(|e| RdmaError::verbs("ibv_create_comp_channel", std::io::Error::other(e)))?;
+        channel.set_nonblocking(true).map_err(|e| RdmaError::verbs("set completion channel non-blocking", e))?;
+        let mut builder = device.context.create_cq_builder();
+        builder.setup_cqe(entries).setup_comp_channel(&channel, 0);
+        let cq = builder.build().map_err(|e| RdmaError::verbs("ibv_create_cq", std::io::Error::other(e)))?;
+        Ok(CompletionQueue { events: None, cq, channel, unacked: 0 })
+    }
+
+    /// The CQ as the queue-pair builder takes it.
+    pub(crate) fn generic(&self) -> GenericCompletionQueue {
+        self.cq.clone().into()
+    }
+
+    /// Registers the completion channel with tokio (inside a runtime).
+    pub(crate) fn register(&mut self) -> Result<(), RdmaError> {
+        // SAFETY: the AsyncFd owns an Arc of the channel, so the fd stays open and the same for
+        // the AsyncFd's whole life; `as_raw_fd` always returns the channel's fd.
+        let events = unsafe { AsyncFd::register_with_interest(ChannelFd(self.channel.clone()), Interest::READABLE) }
+            .map_err(|e| RdmaError::verbs("register the completion channel with tokio", e.into_parts().1))?;
+        self.events = Some(events);
+        Ok(())
+    }
+
+    /// Waits until the armed CQ raises an event, and consumes it.
+    pub(crate) async fn wait_event(&mut self) {
+        if let Some(events) = &self.events
+            && let Ok(mut ready) = events.readable().await
+        {
+            ready.clear_ready();
+        }
+        self.take_events();
+    }
+
+    /// Appends every available completion to `out`; returns how many.
+    pub(crate) fn poll(&self, out: &mut Vec<Completion>) -> Result<usize, RdmaError> {
+        let before = out.len();
+        match self.cq.start_poll() {
+            Ok(mut poller) => {
+                for wc in poller.by_ref() {
+                    out.push(Completion {
+                        wr_id: wc.wr_id(),
+                        status: WorkCompletionStatus::from(wc.status()),
+                        byte_len: wc.byte_len(),
+                        imm: u32::from_be(wc.imm_data()),
+                    });
+                }
+            }
+            Err(PollCompletionQueueError::CompletionQueueEmpty) => {}
+            Err(err) => return Err(RdmaError::verbs("ibv_poll_cq", std::io::Error::other(err))),
+        }
+        Ok(out.len() - before)
+    }
+
+    /// Asks for an event on the next completion.
+    pub(crate) fn arm(&self) -> Result<(), RdmaError> {
+        // SAFETY: the CQ pointer is valid while `self.cq` (an Arc) lives; arming has no other
+        // precondition.
+        let rc = unsafe { rdma_mummy_sys::ibv_req_notify_cq(self.cq.cq().as_ptr(), 0) };
+        if rc != 0 {
+            return Err(RdmaError::verbs("ibv_req_notify_cq", std::io::Error::from_raw_os_error(rc.abs())));
+        }
+        Ok(())
+    }
+
+    /// Consumes pending events from the (non-blocking) channel; true if there was one.
+    pub(crate) fn take_events(&mut self) -> bool {
+        let mut got = false;
+        loop {
+            let mut ev_cq = null_mut();
+            let mut ev_ctx = null_mut();
+            // SAFETY: the channel pointer is valid while `self.channel` lives; the out-pointers
+            // are locals; the channel is non-blocking, so this returns -1/EAGAIN when empty.
+            let rc = unsafe {
+                rdma_mummy_sys::ibv_get_cq_event(self.channel.comp_channel().as_ptr(), &mut ev_cq, &mut ev_ctx)
+            };
+            if rc != 0 {
+                break;
+            }
+            got = true;
+            self.unacked += 1;
+        }
+        if self.unacked >= 64 {
+            self.ack();
+        }
+        got
+    }
+
+    fn ack(&mut self) {
+        if self.unacked > 0 {
+            // SAFETY: every counted event came from this CQ; acking them is required before the
+            // CQ is destroyed, and acks in batches are allowed.
+            unsafe { rdma_mummy_sys::ibv_ack_cq_events(self.cq.cq().as_ptr(), self.unacked) };
+            self.unacked = 0;
+        }
+    }
+}
+
+impl Drop for CompletionQueue {
+    fn drop(&mut self) {
+        // ibv_destroy_cq blocks until every event is acked.
+        self.take_events();
+        self.ack();
+    }
+}

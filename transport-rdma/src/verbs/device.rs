@@ -1,0 +1,214 @@
+//! Devices: opening the one that serves an IP address (by its RoCE v2 GID), listing all of them for
+//! `rdma-rpc devices`, and checking the locked-memory limit before registering buffers.
+
+use std::io;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::Arc;
+
+use sideway::ibverbs::address::{Gid, GidType};
+use sideway::ibverbs::device::{DeviceInfo, DeviceList};
+use sideway::ibverbs::device_context::{DeviceContext, LinkLayer, Mtu, PortState};
+use sideway::ibverbs::protection_domain::ProtectionDomain;
+
+use crate::RdmaError;
+
+/// A device opened for one connection: the port and GID that carry the local address.
+pub(crate) struct OpenDevice {
+    pub(crate) name: String,
+    pub(crate) context: Arc<DeviceContext>,
+    pub(crate) pd: Arc<ProtectionDomain>,
+    pub(crate) port: u8,
+    pub(crate) gid_index: u8,
+    pub(crate) gid: Gid,
+    pub(crate) mtu: Mtu,
+}
+
+fn device_list() -> Result<DeviceList, RdmaError> {
+    DeviceList::new().map_err(|err| {
+        let text = err.to_string();
+        let detail = std::error::Error::source(&err).map(|s| s.to_string()).unwrap_or_default();
+        RdmaError::Unavailable {
+            reason: format!(
+                "cannot list RDMA devices ({text}: {detail}); install libibverbs1 and ibverbs-providers, and load \
+                 the NIC's RDMA driver (or soft-RoCE: `modprobe rdma_rxe && rdma link add rxe0 type rxe netdev IFACE`)"
+            ),
+        }
+    })
+}
+
+fn gid_matches(gid: Gid, ip: IpAddr) -> bool {
+    let gid = Ipv6Addr::from(gid);
+    match ip {
+        IpAddr::V4(v4) => gid.to_ipv4_mapped() == Some(v4),
+        IpAddr::V6(v6) => gid == v6,
+    }
+}
+
+/// Opens the device (or `wanted`) whose active port has a RoCE v2 GID for `local_ip`.
+pub(crate) fn open_for_address(wanted: Option<&str>, local_ip: IpAddr) -> Result<OpenDevice, RdmaError> {
+    let list = device_list()?;
+    if list.is_empty() {
+        return Err(RdmaError::Unavailable { reason: "no RDMA device is registered on this host".into() });
+    }
+    let mut tried = Vec::new();
+    for device in list.iter() {
+        let name = device.name();
+        if wanted.is_some_and(|w| w != name) {
+            continue;
+        }
+        let context = device
+            .open()
+            .map_err(|e| RdmaError::verbs(format!("ibv_open_device({name})"), std::io::Error::other(e)))?;
+        let table = match context.query_gid_table() {
+            Ok(table) => table,
+            Err(err) => {
+                tried.push(format!("{name}: GID table unreadable ({err})"));
+                continue;
+            }
+        };
+        let Some(entry) = table.iter().find(|e| e.gid_type() == GidType::RoceV2 && gid_matches(e.gid(), local_ip))
+        else {
+            tried.push(format!("{name}: no RoCE v2 GID for {local_ip}"));
+            continue;
+        };
+        let port = u8::try_from(entry.port_num()).unwrap_or(1);
+        let attr = context
+            .query_port(port)
+            .map_err(|e| RdmaError::verbs(format!("ibv_query_port({name}, {port})"), std::io::Error::other(e)))?;
+        if attr.port_state() != PortState::Active {
+            tried.push(format!("{name} port {port}: state {:?}, not Active", attr.port_state()));
+            continue;
+        }
+        let pd = context
+            .alloc_pd()
+            .map_err(|e| RdmaError::verbs(format!("ibv_alloc_pd({name})"), std::io::Error::other(e)))?;
+        return Ok(OpenDevice {
+            name: name.to_string(),
+            port,
+            gid_index: u8::try_from(entry.gid_index()).unwrap_or(0),
+            gid: entry.gid(),
+            mtu: attr.active_mtu(),
+            pd,
+            context,
+        });
+    }
+    let reason = match wanted {
+        Some(w) if tried.is_empty() => format!("RDMA device {w} not found"),
+        _ => format!(
+            "no active RDMA port has a RoCE v2 GID for {local_ip} ({}): bind the RDMA device to the interface \
+             carrying that address",
+            tried.join("; ")
+        ),
+    };
+    Err(RdmaError::Unavailable { reason })
+}
+
+/// One GID of a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GidSummary {
+    /// Index in the GID table.
+    pub index: u32,
+    /// The GID as an IPv6 address (IPv4-mapped for RoCE over IPv4).
+    pub gid: Ipv6Addr,
+    /// "IB", "RoCEv1", "RoCEv2".
+    pub kind: &'static str,
+    /// The network interface it belongs to.
+    pub netdev: Option<String>,
+}
+
+/// One port of a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSummary {
+    /// Port number (from 1).
+    pub number: u8,
+    /// "Active", "Down", ...
+    pub state: String,
+    /// "Ethernet" (RoCE) or "InfiniBand".
+    pub link_layer: String,
+    /// Active MTU in bytes.
+    pub mtu: u32,
+    /// Valid GIDs.
+    pub gids: Vec<GidSummary>,
+}
+
+/// One device, as libibverbs sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceSummary {
+    /// Device name.
+    pub name: String,
+    /// Its ports.
+    pub ports: Vec<PortSummary>,
+}
+
+/// Lists the devices libibverbs sees, or says why it sees none.
+pub fn list_devices() -> Result<Vec<DeviceSummary>, RdmaError> {
+    let list = device_list()?;
+    let mut out = Vec::new();
+    for device in list.iter() {
+        let name = device.name().to_string();
+        let context = device
+            .open()
+            .map_err(|e| RdmaError::verbs(format!("ibv_open_device({name})"), std::io::Error::other(e)))?;
+        let ports_count = context.query_device().map(|a| a.phys_port_cnt()).unwrap_or(1);
+        let table = context.query_gid_table().unwrap_or_default();
+        let mut ports = Vec::new();
+        for number in 1..=ports_count {
+            let Ok(attr) = context.query_port(number) else { continue };
+            let gids = table
+                .iter()
+                .filter(|e| e.port_num() == u32::from(number))
+                .map(|e| GidSummary {
+                    index: e.gid_index(),
+                    gid: Ipv6Addr::from(e.gid()),
+                    kind: match e.gid_type() {
+                        GidType::InfiniBand => "IB",
+                        GidType::RoceV1 => "RoCEv1",
+                        GidType::RoceV2 => "RoCEv2",
+                    },
+                    netdev: e.netdev_name().ok(),
+                })
+                .collect();
+            ports.push(PortSummary {
+                number,
+                state: format!("{:?}", attr.port_state()),
+                link_layer: match attr.link_layer() {
+                    LinkLayer::Ethernet => "Ethernet".into(),
+                    LinkLayer::InfiniBand => "InfiniBand".into(),
+                    other => format!("{other:?}"),
+                },
+                mtu: mtu_bytes(attr.active_mtu()),
+                gids,
+            });
+        }
+        out.push(DeviceSummary { name, ports });
+    }
+    Ok(out)
+}
+
+/// MTU in bytes.
+pub(crate) fn mtu_bytes(mtu: Mtu) -> u32 {
+    match mtu {
+        Mtu::Mtu256 => 256,
+        Mtu::Mtu512 => 512,
+        Mtu::Mtu1024 => 1024,
+        Mtu::Mtu2048 => 2048,
+        Mtu::Mtu4096 => 4096,
+    }
+}
+
+/// Checks that `needed` bytes can be locked (registered), naming the fix when they cannot.
+pub(crate) fn check_memlock(needed: usize) -> Result<(), RdmaError> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit into the struct we own; RLIMIT_MEMLOCK is a valid resource.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) };
+    if rc != 0 {
+        return Err(RdmaError::verbs("getrlimit(RLIMIT_MEMLOCK)", io::Error::last_os_error()));
+    }
+    // Root (CAP_IPC_LOCK) may lock past the limit.
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root && limit.rlim_cur != libc::RLIM_INFINITY && (needed as u64) > limit.rlim_cur {
+        return Err(RdmaError::MemLock { needed, limit: limit.rlim_cur });
+    }
+    Ok(())
+}

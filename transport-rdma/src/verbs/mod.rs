@@ -1,0 +1,24 @@
+//! Every `unsafe` verbs call of rdma-rpc lives here, one file per object, behind wrappers that keep
+//! their parents alive (sideway holds `Arc`s to parents; our own types hold the rest).
+//!
+//! - `device.rs`: finding the device, port and GID for an address; the locked-memory limit.
+//! - `region.rs`: registered memory split into fixed-size slots, and the writer prost encodes into.
+//! - `cq.rs`: the completion queue and its completion channel (poll, arm, events).
+//! - `qp.rs`: the reliable-connected queue pair: state transitions, batched posting.
+//!
+//! sideway loads libibverbs at run time, so a binary built with this crate starts on hosts without
+//! rdma-core and reports RDMA as unavailable there.
+
+#![allow(unsafe_code)]
+
+mod cq;
+mod device;
+mod qp;
+mod region;
+
+pub(crate) use cq::{Completion, CompletionQueue};
+pub use device::{DeviceSummary, GidSummary, PortSummary, list_devices};
+pub(crate) use device::{OpenDevice, open_for_address};
+pub(crate) use qp::{QpEndpoint, RcQueuePair, Reaped, SendRequest};
+pub(crate) use region::Region;
+pub use region::SlotWriter;

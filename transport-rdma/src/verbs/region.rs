@@ -1,0 +1,260 @@
+//! Registered memory: one page-aligned allocation registered once as a memory region and split into
+//! fixed-size slots. A [`Slot`] is the exclusive handle of one slot; dropping it returns the slot
+//! to its pool. While a slot is posted to the NIC its `Slot` lives inside the queue pair's tables
+//! (`qp.rs`), so no other code can reach the memory until the completion is reaped.
+
+use std::alloc::Layout;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use bytes::buf::UninitSlice;
+use crossbeam::queue::ArrayQueue;
+use sideway::ibverbs::AccessFlags;
+use sideway::ibverbs::memory_region::MemoryRegion;
+use sideway::ibverbs::protection_domain::ProtectionDomain;
+use tokio::sync::Notify;
+
+use crate::RdmaError;
+
+/// Registered memory split into `slots` slots of `slot_size` bytes, with a free list.
+pub(crate) struct Region {
+    /// Deregistered first in `Drop`, before the memory is freed.
+    mr: Option<Arc<MemoryRegion>>,
+    base: NonNull<u8>,
+    layout: Layout,
+    slot_size: usize,
+    lkey: u32,
+    rkey: u32,
+    free: ArrayQueue<u32>,
+    freed: Notify,
+}
+
+// SAFETY: the memory behind `base` is only reached through `Slot`s, each of which is the unique
+// owner of its slot (the free list hands out every index once), so sharing the region between
+// threads shares no unsynchronised access. The MR handle is Send + Sync in sideway.
+unsafe impl Send for Region {}
+// SAFETY: as above; `&Region` gives no access to slot memory by itself.
+unsafe impl Sync for Region {}
+
+impl Region {
+    /// Allocates and registers `slots * slot_size` bytes.
+    pub(crate) fn new(pd: &Arc<ProtectionDomain>, slot_size: usize, slots: u32) -> Result<Arc<Region>, RdmaError> {
+        let total = slot_size
+            .checked_mul(slots as usize)
+            .filter(|&t| t > 0)
+            .ok_or_else(|| RdmaError::Handshake("buffer size and count must be non-zero".into()))?;
+        super::device::check_memlock(total)?;
+        let layout = Layout::from_size_align(total, 4096)
+            .map_err(|e| RdmaError::Handshake(format!("cannot lay out {total} bytes: {e}")))?;
+        // SAFETY: the layout has a non-zero size (checked above).
+        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        let base = NonNull::new(raw).ok_or_else(|| RdmaError::Handshake(format!("out of memory for {total} bytes")))?;
+        let access = AccessFlags::LocalWrite | AccessFlags::RemoteWrite | AccessFlags::RemoteRead;
+        // SAFETY: `base..base+total` is a live allocation owned by this Region, which frees it only
+        // after deregistering the MR (Drop below), and never moves it.
+        let mr = match unsafe { pd.reg_mr(base.as_ptr() as usize, total, access) } {
+            Ok(mr) => mr,
+            Err(err) => {
+                // SAFETY: allocated above with this layout and not registered.
+                unsafe { std::alloc::dealloc(base.as_ptr(), layout) };
+                return Err(RdmaError::verbs(format!("ibv_reg_mr({total} bytes)"), std::io::Error::other(err)));
+            }
+        };
+        let free = ArrayQueue::new(slots as usize);
+        for i in 0..slots {
+            let _ = free.push(i);
+        }
+        Ok(Arc::new(Region {
+            lkey: mr.lkey(),
+            rkey: mr.rkey(),
+            mr: Some(mr),
+            base,
+            layout,
+            slot_size,
+            free,
+            freed: Notify::new(),
+        }))
+    }
+
+    /// Number of slots.
+    pub(crate) fn slots(&self) -> u32 {
+        self.free.capacity() as u32
+    }
+
+    /// Bytes per slot.
+    pub(crate) fn slot_size(&self) -> usize {
+        self.slot_size
+    }
+
+    /// Remote key of the region.
+    #[allow(dead_code)] // for RDMA WRITE into advertised buffers
+    pub(crate) fn rkey(&self) -> u32 {
+        self.rkey
+    }
+
+    /// A free slot, if any.
+    pub(crate) fn try_take(self: &Arc<Self>) -> Option<Slot> {
+        self.free.pop().map(|index| Slot { region: self.clone(), index, len: 0 })
+    }
+
+    /// A free slot, waiting while no more than `reserve` are free (those are kept for control
+    /// frames, so the application filling every buffer cannot stop credit and pings).
+    pub(crate) async fn take(self: &Arc<Self>, reserve: usize) -> Slot {
+        loop {
+            // Registered as a waiter before looking, so a slot freed in between wakes us.
+            let notified = self.freed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.free.len() > reserve
+                && let Some(slot) = self.try_take()
+            {
+                return slot;
+            }
+            notified.await;
+        }
+    }
+
+    /// All free slots now.
+    pub(crate) fn take_all(self: &Arc<Self>) -> Vec<Slot> {
+        std::iter::from_fn(|| self.try_take()).collect()
+    }
+
+    /// Waits until a slot is returned (a permit is stored if none waits).
+    pub(crate) async fn wait_freed(&self) {
+        self.freed.notified().await;
+    }
+
+    fn slot_ptr(&self, index: u32) -> *mut u8 {
+        // Within the allocation: index < slots, and slots * slot_size == layout.size().
+        self.base.as_ptr().wrapping_add(index as usize * self.slot_size)
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        drop(self.mr.take()); // ibv_dereg_mr: the NIC can no longer reach the memory
+        // SAFETY: allocated in `new` with `self.layout`; every Slot holds an Arc<Region>, so none
+        // is alive, and the MR is gone.
+        unsafe { std::alloc::dealloc(self.base.as_ptr(), self.layout) };
+    }
+}
+
+/// The exclusive handle of one registered slot; back to the free list on drop.
+pub(crate) struct Slot {
+    region: Arc<Region>,
+    index: u32,
+    len: usize,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot").field("index", &self.index).field("len", &self.len).finish()
+    }
+}
+
+impl Slot {
+    /// The slot's index in its region.
+    pub(crate) fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// Bytes filled.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Sets the filled length (after the NIC wrote `len` bytes).
+    pub(crate) fn set_len(&mut self, len: usize) {
+        self.len = len.min(self.region.slot_size);
+    }
+
+    /// Address for a scatter/gather entry.
+    pub(crate) fn addr(&self) -> u64 {
+        self.region.slot_ptr(self.index) as u64
+    }
+
+    /// Local key for a scatter/gather entry.
+    pub(crate) fn lkey(&self) -> u32 {
+        self.region.lkey
+    }
+
+    /// Capacity in bytes.
+    pub(crate) fn capacity(&self) -> usize {
+        self.region.slot_size
+    }
+
+    /// The filled bytes.
+    pub(crate) fn filled(&self) -> &[u8] {
+        // SAFETY: this Slot is the only handle of its slot (free-list invariant), and it is not
+        // posted (a posted Slot lives in the queue pair's tables, out of reach); `len` never
+        // exceeds the slot size.
+        unsafe { std::slice::from_raw_parts(self.region.slot_ptr(self.index), self.len) }
+    }
+
+    /// The whole slot, writable.
+    fn whole_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `filled`, and `&mut self` makes this the only live reference.
+        unsafe { std::slice::from_raw_parts_mut(self.region.slot_ptr(self.index), self.region.slot_size) }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let _ = self.region.free.push(self.index);
+        self.region.freed.notify_one();
+    }
+}
+
+impl AsRef<[u8]> for Slot {
+    fn as_ref(&self) -> &[u8] {
+        self.filled()
+    }
+}
+
+/// A registered send buffer that prost encodes straight into.
+#[derive(Debug)]
+pub struct SlotWriter {
+    pub(crate) slot: Slot,
+}
+
+impl SlotWriter {
+    pub(crate) fn new(mut slot: Slot) -> Self {
+        slot.set_len(0);
+        SlotWriter { slot }
+    }
+
+    /// Bytes written.
+    pub fn len(&self) -> usize {
+        self.slot.len
+    }
+
+    /// Whether nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.slot.len == 0
+    }
+
+    /// The bytes written, to back-patch a header.
+    pub fn written_mut(&mut self) -> &mut [u8] {
+        let len = self.slot.len;
+        &mut self.slot.whole_mut()[..len]
+    }
+}
+
+// SAFETY: `chunk_mut` exposes exactly the unwritten tail of this writer's own slot, and
+// `advance_mut` only moves `len` forward within the slot (it panics past the end, as BufMut
+// requires), so the written prefix is always initialised.
+unsafe impl bytes::BufMut for SlotWriter {
+    fn remaining_mut(&self) -> usize {
+        self.slot.capacity() - self.slot.len
+    }
+
+    unsafe fn advance_mut(&mut self, cnt: usize) {
+        assert!(cnt <= self.remaining_mut(), "advance past the end of a registered buffer");
+        self.slot.len += cnt;
+    }
+
+    fn chunk_mut(&mut self) -> &mut UninitSlice {
+        let len = self.slot.len;
+        UninitSlice::new(&mut self.slot.whole_mut()[len..])
+    }
+}
