@@ -215,10 +215,103 @@ async fn rdma_pair_unary_and_stream_across_the_wire() {
         requests.finish().await.expect("finish");
     });
     let mut received = 0;
+    let expected = pattern(64 * 1024, 8);
     while let Some(data) = replies.data().await.expect("stream") {
-        assert_eq!(data, pattern(64 * 1024, 8));
+        let first_difference = data.iter().zip(expected.iter()).position(|(a, b)| a != b);
+        assert!(
+            data.len() == expected.len() && first_difference.is_none(),
+            "chunk {received}: {} bytes (expected {}), first difference at {first_difference:?}",
+            data.len(),
+            expected.len()
+        );
         received += 1;
     }
     producer.await.expect("producer");
     assert_eq!(received, 64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rdma_peer_killed_mid_stream_fails_the_call_promptly() {
+    let Some(addr) = rdma_addr() else { return };
+    use std::io::BufRead;
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_rdma-rpc"))
+        .args(["serve", "--listen", &format!("rdma://{addr}:0"), "--no-fallback"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start rdma-rpc serve");
+    let mut line = String::new();
+    let stdout = server.stdout.take().expect("stdout");
+    std::io::BufReader::new(stdout).read_line(&mut line).expect("listening line");
+    let port = line
+        .split("rdma://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|hostport| hostport.rsplit(':').next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    let client = rdma_client(&format!("{addr}:{port}")).await;
+    let probe = client.clone();
+    let echo = EchoClient::new(client);
+    let (mut requests, mut replies) = echo.pipe().await.expect("open");
+    let producer = tokio::spawn(async move {
+        let chunk = pattern(32 * 1024, 4);
+        while requests.send_data(chunk.clone()).await.is_ok() {}
+    });
+    for _ in 0..16 {
+        replies.data().await.expect("stream runs").expect("chunk");
+    }
+    server.kill().expect("SIGKILL the server");
+    let _ = server.wait();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match replies.data().await {
+                Ok(Some(_)) => continue,
+                other => break other,
+            }
+        }
+    })
+    .await
+    .expect("the stream must fail promptly, not hang");
+    let status = outcome.expect_err("a killed peer is an error, not a clean end");
+    assert_eq!(status.code, Code::Unavailable, "{status}");
+    producer.await.expect("the producer stops");
+    // The connection is torn down: its driver finished and published why.
+    for _ in 0..100 {
+        if probe.closed_status().is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the connection to a killed peer was not torn down");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rdma_stream_read_straight_into_registered_buffers() {
+    let Some(addr) = rdma_addr() else { return };
+    let (server, _stop) = start_server(&addr, Some(RdmaConfig::default())).await;
+    let echo = EchoClient::new(rdma_client(&server).await);
+    let content: Vec<u8> =
+        (0..16 * 1024 * 1024 + 77).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 9) as u8).collect();
+    let (mut requests, mut replies) = echo.pipe().await.expect("open");
+    let producer = tokio::spawn({
+        let content = content.clone();
+        async move {
+            let mut source = std::io::Cursor::new(content);
+            loop {
+                // Registered memory: read(2)-style fill, then posted as is.
+                let mut buf = requests.data_buffer(100 * 1024).await.expect("registered buffer");
+                if buf.read_from(&mut source).expect("read") == 0 {
+                    break;
+                }
+                requests.send_data_buffer(buf).await.expect("send");
+            }
+            requests.finish().await.expect("finish");
+        }
+    });
+    let mut echoed = Vec::with_capacity(content.len());
+    while let Some(data) = replies.data().await.expect("stream") {
+        echoed.extend_from_slice(&data);
+    }
+    producer.await.expect("producer");
+    assert!(echoed == content, "the stream came back different ({} of {} bytes)", echoed.len(), content.len());
 }

@@ -8,7 +8,7 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 
@@ -16,8 +16,8 @@ use super::client::Client;
 use super::codec;
 use super::command::{BufCommand, CallCommand, CallEvent, CallShared};
 use crate::status::Status;
-use crate::transport::Transport;
-use crate::wire::Kind;
+use crate::transport::{SendBuffer, Transport};
+use crate::wire::{HEADER_LEN, Kind};
 
 /// One item of a call's incoming stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,7 +184,7 @@ impl<T: Transport, M: Message> CallSender<T, M> {
         let (ack, rx) = oneshot::channel();
         self.last_ack = Some(rx);
         self.client
-            .send_buf(BufCommand::Send { id: self.id, body, end: false, ack: Some(ack) })
+            .send_buf(BufCommand::Send { id: self.id, kind: Kind::Message, body, end: false, ack: Some(ack) })
             .map_err(|_| self.ended())
     }
 
@@ -195,6 +195,27 @@ impl<T: Transport, M: Message> CallSender<T, M> {
         self.last_ack = Some(rx);
         let cmd = CallCommand::SendBytes { id: self.id, kind: Kind::Data, body: data, end: false, ack: Some(ack) };
         self.client.ctl().send(cmd).map_err(|_| self.ended())
+    }
+
+    /// A transport buffer to fill with stream data and pass to [`CallSender::send_data_buffer`]:
+    /// for RDMA it is registered memory, so data read into it (from a file, a pipe, `zfs send`)
+    /// reaches the NIC without another copy. Holds at most `capacity` bytes (and no more than
+    /// the transport's buffer size).
+    pub async fn data_buffer(&self, capacity: usize) -> Result<DataBuffer<T::Buf>, Status> {
+        let mut buf = crate::transport::BufferAlloc::alloc(self.client.alloc(), HEADER_LEN + capacity)
+            .await
+            .map_err(|err| Status::resource_exhausted(format!("no send buffer of {capacity} bytes: {err}")))?;
+        buf.writer().put_bytes(0, HEADER_LEN);
+        Ok(DataBuffer { buf, capacity })
+    }
+
+    /// Sends a filled [`DataBuffer`] as stream data, without copying it.
+    pub async fn send_data_buffer(&mut self, data: DataBuffer<T::Buf>) -> Result<(), Status> {
+        self.wait_previous().await?;
+        let (ack, rx) = oneshot::channel();
+        self.last_ack = Some(rx);
+        let cmd = BufCommand::Send { id: self.id, kind: Kind::Data, body: data.buf, end: false, ack: Some(ack) };
+        self.client.send_buf(cmd).map_err(|_| self.ended())
     }
 
     /// Ends the request stream and waits until everything sent passed flow control.
@@ -213,6 +234,47 @@ impl<T: Transport, M: Message> CallSender<T, M> {
 
     fn ended(&self) -> Status {
         self.shared.status_or(|| Status::unavailable("connection closed"))
+    }
+}
+
+/// A transport send buffer being filled with stream data (see [`CallSender::data_buffer`]).
+#[derive(Debug)]
+pub struct DataBuffer<B> {
+    buf: B,
+    capacity: usize,
+}
+
+impl<B: SendBuffer> DataBuffer<B> {
+    /// Data bytes written so far.
+    pub fn len(&self) -> usize {
+        self.buf.len() - HEADER_LEN
+    }
+
+    /// Whether no data was written.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Room left.
+    pub fn remaining(&self) -> usize {
+        self.capacity - self.len()
+    }
+
+    /// Appends bytes.
+    pub fn extend_from_slice(&mut self, data: &[u8]) {
+        let n = data.len().min(self.remaining());
+        self.buf.writer().put_slice(&data[..n]);
+    }
+
+    /// One `read` from `reader` straight into the buffer; returns the bytes read (0 at the end).
+    pub fn read_from(&mut self, reader: &mut impl std::io::Read) -> std::io::Result<usize> {
+        let start = self.buf.len();
+        let room = self.remaining();
+        self.buf.writer().put_bytes(0, room);
+        let read = reader.read(&mut self.buf.written_mut()[start..start + room]);
+        let n = *read.as_ref().unwrap_or(&0);
+        self.buf.truncate(start + n);
+        read
     }
 }
 

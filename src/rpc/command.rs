@@ -62,8 +62,8 @@ pub(crate) enum BufCommand<B> {
         events: mpsc::UnboundedSender<CallEvent>,
         shared: Arc<CallShared>,
     },
-    /// Send an encoded MESSAGE.
-    Send { id: u64, body: B, end: bool, ack: Option<oneshot::Sender<()>> },
+    /// Send an encoded MESSAGE, or DATA the application wrote into a transport buffer.
+    Send { id: u64, kind: Kind, body: B, end: bool, ack: Option<oneshot::Sender<()>> },
 }
 
 /// Commands without a transport buffer (both sides).

@@ -242,9 +242,9 @@ fn apply_buf<B: crate::transport::SendBuffer>(
                 }
             }
         }
-        BufCommand::Send { id, body, end, ack } => {
+        BufCommand::Send { id, kind, body, end, ack } => {
             let len = body.len() as u64;
-            queue_send(session, slots, id, Kind::Message, Outgoing::Buf(body), end, ack, len);
+            queue_send(session, slots, id, kind, Outgoing::Buf(body), end, ack, len);
         }
     }
 }

@@ -21,7 +21,7 @@ mod driver;
 mod server;
 mod writer;
 
-pub use call::{CallReceiver, CallSender, Incoming, ResponseSender};
+pub use call::{CallReceiver, CallSender, DataBuffer, Incoming, ResponseSender};
 pub use client::{CallOptions, Client};
 pub use connect::{ConnectOptions, Connection, connect};
 pub use server::{

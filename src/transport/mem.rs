@@ -52,6 +52,9 @@ impl SendBuffer for MemBuf {
     fn written_mut(&mut self) -> &mut [u8] {
         &mut self.0
     }
+    fn truncate(&mut self, len: usize) {
+        self.0.truncate(len);
+    }
 }
 
 /// Allocates heap buffers.

@@ -76,6 +76,8 @@ pub trait SendBuffer: Send + 'static {
     }
     /// The bytes written so far, to back-patch a header.
     fn written_mut(&mut self) -> &mut [u8];
+    /// Keeps only the first `len` bytes written.
+    fn truncate(&mut self, len: usize);
 }
 
 /// Hands out send buffers. Cheap to clone; shared by every handle of a connection.

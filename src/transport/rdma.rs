@@ -21,6 +21,9 @@ impl SendBuffer for SlotWriter {
     fn written_mut(&mut self) -> &mut [u8] {
         SlotWriter::written_mut(self)
     }
+    fn truncate(&mut self, len: usize) {
+        SlotWriter::truncate(self, len);
+    }
 }
 
 impl BufferAlloc for RdmaAlloc {

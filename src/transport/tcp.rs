@@ -18,6 +18,9 @@ impl SendBuffer for SendBuf {
     fn written_mut(&mut self) -> &mut [u8] {
         self.as_mut_slice()
     }
+    fn truncate(&mut self, len: usize) {
+        self.body_mut().truncate(len);
+    }
 }
 
 /// Allocates TCP send buffers (heap memory; the prefix lives beside the body).

@@ -181,10 +181,11 @@ impl RcQueuePair {
         guard.post().map_err(|e| {
             RdmaError::verbs(format!("ibv_post_send on QP {}", self.qp_num()), std::io::Error::other(e))
         })?;
+        let count = requests.len() as u64;
         for (i, request) in requests.into_iter().enumerate() {
             self.send_inflight.push_back((first + i as u64, request.slot));
         }
-        self.next_wr = first + self.send_inflight.len() as u64;
+        self.next_wr = first + count;
         Ok(())
     }
 

@@ -233,6 +233,13 @@ impl SlotWriter {
         self.slot.len == 0
     }
 
+    /// Keeps only the first `len` bytes written.
+    pub fn truncate(&mut self, len: usize) {
+        if len < self.slot.len {
+            self.slot.len = len;
+        }
+    }
+
     /// The bytes written, to back-patch a header.
     pub fn written_mut(&mut self) -> &mut [u8] {
         let len = self.slot.len;
