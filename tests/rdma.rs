@@ -184,7 +184,7 @@ async fn rdma_falls_back_to_tcp_when_the_server_has_no_rdma() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rdma_pair_unary_and_stream_across_the_wire() {
+async fn rdma_pair_unary_concurrent_and_64_mib_stream_across_the_wire() {
     let Ok(peer) = std::env::var("RDMA_TEST_PEER_ADDR") else {
         eprintln!("SKIPPED: RDMA_TEST_PEER_ADDR is unset (run scripts/rxe-test, which boots two guests)");
         return;
@@ -206,10 +206,22 @@ async fn rdma_pair_unary_and_stream_across_the_wire() {
         let payload = pattern(size, 5);
         assert_eq!(echo.echo(&EchoRequest { payload: payload.clone() }).await.expect("echo").payload, payload);
     }
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..1000u32 {
+        let echo = echo.clone();
+        calls.spawn(async move {
+            let payload = pattern(64 + (i as usize % 256), i as u8);
+            assert_eq!(echo.echo(&EchoRequest { payload: payload.clone() }).await.expect("echo").payload, payload);
+        });
+    }
+    while let Some(done) = calls.join_next().await {
+        done.expect("concurrent call");
+    }
+    // 64 MiB each way across the wire.
     let (mut requests, mut replies) = echo.pipe().await.expect("open");
     let base = pattern(64 * 1024, 8);
     let producer = tokio::spawn(async move {
-        for _ in 0..64 {
+        for _ in 0..1024 {
             requests.send_data(base.clone()).await.expect("send");
         }
         requests.finish().await.expect("finish");
@@ -227,7 +239,7 @@ async fn rdma_pair_unary_and_stream_across_the_wire() {
         received += 1;
     }
     producer.await.expect("producer");
-    assert_eq!(received, 64);
+    assert_eq!(received, 1024);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

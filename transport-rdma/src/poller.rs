@@ -103,9 +103,7 @@ fn step(
                     lock(&inner.credits).available += imm;
                 }
                 if slot.len() > 0 {
-                    // The application holds the buffer as long as it holds the Bytes; dropping
-                    // them returns the slot, and this poller re-posts it.
-                    let _ = incoming.send(Ok(Bytes::from_owner(slot)));
+                    let _ = incoming.send(Ok(deliver(inner, slot)));
                 }
             }
             Reaped::Sent => {}
@@ -116,6 +114,21 @@ fn step(
     }
     let reposted = repost(inner)?;
     Ok(reaped > 0 || reposted)
+}
+
+/// Hands a received message up. Normally the `Bytes` are the registered buffer itself (the
+/// application holds it as long as it holds the bytes; dropping them returns the slot, which this
+/// poller re-posts). When the application already holds three quarters of the receive buffers —
+/// messages queued behind work that waits on the peer — the message is copied out and its buffer
+/// re-posted at once: otherwise the peer could run out of credit while this side waits on the
+/// peer, and both would stall.
+fn deliver(inner: &Inner, slot: crate::verbs::Slot) -> Bytes {
+    let ready = lock(&inner.qp).recvs_posted() + inner.recv_region.free_count();
+    if ready * 4 < inner.config.recv_buffers as usize {
+        Bytes::copy_from_slice(slot.filled())
+    } else {
+        Bytes::from_owner(slot)
+    }
 }
 
 /// Re-posts returned receive buffers, then returns credit if the peer needs it.

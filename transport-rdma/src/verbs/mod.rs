@@ -20,5 +20,5 @@ pub(crate) use cq::{Completion, CompletionQueue};
 pub use device::{DeviceSummary, GidSummary, PortSummary, list_devices};
 pub(crate) use device::{OpenDevice, open_for_address};
 pub(crate) use qp::{QpEndpoint, RcQueuePair, Reaped, SendRequest};
-pub(crate) use region::Region;
 pub use region::SlotWriter;
+pub(crate) use region::{Region, Slot};

@@ -55,6 +55,7 @@ pub(crate) struct RcQueuePair {
     next_wr: u64,
     port: u8,
     gid_index: u8,
+    max_inline: u32,
 }
 
 fn mtu_from_bytes(bytes: u32) -> Mtu {
@@ -99,6 +100,7 @@ impl RcQueuePair {
             next_wr: 1,
             port: device.port,
             gid_index: device.gid_index,
+            max_inline,
         })
     }
 
@@ -169,7 +171,12 @@ impl RcQueuePair {
         let first = self.next_wr;
         let mut guard = self.qp.start_post_send();
         for (i, request) in requests.iter().enumerate() {
-            let flags = if request.signaled { WorkRequestFlags::Signaled } else { WorkRequestFlags::none() };
+            let mut flags = if request.signaled { WorkRequestFlags::Signaled } else { WorkRequestFlags::none() };
+            let len = request.slot.as_ref().map_or(0, Slot::len);
+            if len > 0 && len <= self.max_inline as usize {
+                // The device copies the bytes at post time (where it supports inline at all).
+                flags |= WorkRequestFlags::Inline;
+            }
             let handle = guard.construct_wr(first + i as u64, flags).setup_send_imm(request.imm.to_be());
             if let Some(slot) = &request.slot {
                 let len = u32::try_from(slot.len()).unwrap_or(u32::MAX);

@@ -76,6 +76,11 @@ impl Region {
         }))
     }
 
+    /// Slots free now.
+    pub(crate) fn free_count(&self) -> usize {
+        self.free.len()
+    }
+
     /// Number of slots.
     pub(crate) fn slots(&self) -> u32 {
         self.free.capacity() as u32
