@@ -90,6 +90,11 @@ pub struct ServeArgs {
     /// Example: `--listen rdma://0.0.0.0:7878 --no-fallback`.
     #[arg(long)]
     pub no_fallback: bool,
+
+    /// RDMA: poll completions without ever sleeping (lowest latency; one core busy per
+    /// connection while it lives). Default: spin 50 µs, then sleep on the completion channel.
+    #[arg(long)]
+    pub busy_poll: bool,
 }
 
 /// Flags of `ping`.
@@ -119,6 +124,10 @@ pub struct PingArgs {
     /// Example: `rdma-rpc ping rdma://node2:7878 --no-fallback`.
     #[arg(long)]
     pub no_fallback: bool,
+
+    /// RDMA: poll completions without ever sleeping (lowest latency; a core stays busy).
+    #[arg(long)]
+    pub busy_poll: bool,
 }
 
 #[cfg(test)]

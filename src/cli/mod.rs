@@ -27,6 +27,15 @@ pub use args::{Cli, Command, DemoArgs, PingArgs, ServeArgs};
 pub use error::CliError;
 pub use url::{Endpoint, Scheme};
 
+/// The RDMA settings the command line asks for.
+pub(crate) fn rdma_config(busy_poll: bool) -> crate::transport::rdma::RdmaConfig {
+    let mut config = crate::transport::rdma::RdmaConfig::default();
+    if busy_poll {
+        config.poll = crate::transport::rdma::PollMode::BusyPoll;
+    }
+    config
+}
+
 /// Parses the process arguments, runs the command, and reports a failure on stderr.
 ///
 /// Exit codes: 0 success, 1 a failure at run time, 2 a command line that cannot work.

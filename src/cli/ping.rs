@@ -16,7 +16,6 @@ use tokio::task::JoinSet;
 use crate::pb::echo::{EchoClient, EchoRequest};
 use crate::rpc::{Client, ConnectError, ConnectOptions, Connection, connect};
 use crate::transport::Transport;
-use crate::transport::rdma::RdmaConfig;
 
 use super::args::PingArgs;
 use super::error::CliError;
@@ -37,7 +36,7 @@ pub async fn run(args: PingArgs) -> Result<(), CliError> {
     let url = endpoint.to_string();
     let host_port = endpoint.host_port();
     let options = ConnectOptions {
-        rdma: endpoint.wants_rdma().then(RdmaConfig::default),
+        rdma: endpoint.wants_rdma().then(|| super::rdma_config(args.busy_poll)),
         fallback: !args.no_fallback,
         timeout,
         ..ConnectOptions::default()
