@@ -134,6 +134,12 @@ pub async fn connect(tcp: TcpConnection, config: &RdmaConfig) -> Result<Negotiat
     match kind_of(&reply) {
         Some(ACCEPT) => {
             let theirs = decode_offer(&reply)?;
+            if theirs.buffer_size != offer.buffer_size {
+                return Err(RdmaError::Handshake(format!(
+                    "the server accepted with buffers of {} bytes, this side uses {}",
+                    theirs.buffer_size, offer.buffer_size
+                )));
+            }
             let connection = setup.finish(&theirs.endpoint, theirs.recv_buffers, peer)?;
             sender.send(encode(READY, None, "")).await?;
             Ok(Negotiated::Rdma(connection.attach(sender, receiver)))
