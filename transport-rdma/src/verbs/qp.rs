@@ -133,7 +133,10 @@ impl RcQueuePair {
         let mut rts = QueuePairAttribute::new();
         rts.setup_state(QueuePairState::ReadyToSend)
             .setup_sq_psn(local.psn)
-            .setup_timeout(14)
+            // ACK timeout 4.096 µs × 2^17 ≈ 0.5 s: a slow peer (emulated guests, loaded hosts)
+            // must not trigger spurious retransmission, which Debian 12's rxe does not always
+            // handle (a retransmitted SEND can be delivered twice; the session detects it).
+            .setup_timeout(17)
             .setup_retry_cnt(7)
             .setup_rnr_retry(7)
             .setup_max_read_atomic(1);
