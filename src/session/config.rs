@@ -12,9 +12,9 @@ pub struct SessionConfig {
     pub max_frame_size: usize,
     /// Bytes of call data the peer may send on one call before this side grants more.
     pub initial_call_window: u64,
-    /// Bytes of call data the peer may send on the whole connection before this side grants more.
-    /// With `max_concurrent_calls`, this bounds what one connection can make this side buffer:
-    /// at most `min(connection_window, max_concurrent_calls * initial_call_window)` bytes.
+    /// Bytes of call data the peer may have in flight on the whole connection. This side returns
+    /// connection credit as frames arrive; what a slow application makes it buffer is bounded by
+    /// the per-call windows: at most `max_concurrent_calls * initial_call_window` bytes.
     pub connection_window: u64,
     /// Calls the peer may have open towards this side at once; more are refused with
     /// `ResourceExhausted`.

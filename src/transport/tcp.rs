@@ -64,6 +64,18 @@ impl FrameReceiver for TcpReceiver {
     }
 }
 
+/// What TCP offers: messages up to the configured maximum; sends are heap buffers written with
+/// `writev` (not memory a device reads), receives are views of the read buffer.
+fn tcp_capabilities(config: &TcpConfig) -> Capabilities {
+    Capabilities {
+        name: "tcp",
+        max_message_size: config.max_message_size,
+        max_inline_size: 0,
+        zero_copy_send: false,
+        zero_copy_recv: true,
+    }
+}
+
 impl Transport for TcpConnection {
     type Buf = SendBuf;
     type Alloc = TcpAlloc;
@@ -71,13 +83,7 @@ impl Transport for TcpConnection {
     type Receiver = TcpReceiver;
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            name: "tcp",
-            max_message_size: self.config().max_message_size,
-            max_inline_size: 0,
-            zero_copy_send: false,
-            zero_copy_recv: true,
-        }
+        tcp_capabilities(self.config())
     }
 
     fn peer(&self) -> String {
@@ -128,13 +134,7 @@ impl Transport for TcpHalves {
     type Receiver = PrefixedReceiver;
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            name: "tcp",
-            max_message_size: self.receiver.config().max_message_size,
-            max_inline_size: 0,
-            zero_copy_send: false,
-            zero_copy_recv: true,
-        }
+        tcp_capabilities(self.receiver.config())
     }
 
     fn peer(&self) -> String {

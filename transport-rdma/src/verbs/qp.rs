@@ -51,6 +51,8 @@ pub(crate) enum Reaped {
 pub(crate) struct RcQueuePair {
     qp: BasicQueuePair,
     recv_posted: Vec<Option<Slot>>,
+    /// How many entries of `recv_posted` are occupied (read on every receive).
+    recv_posted_count: usize,
     send_inflight: VecDeque<(u64, Option<Slot>)>,
     next_wr: u64,
     port: u8,
@@ -91,11 +93,13 @@ impl RcQueuePair {
         attr.setup_state(QueuePairState::Init)
             .setup_pkey_index(0)
             .setup_port(device.port)
-            .setup_access_flags(AccessFlags::LocalWrite | AccessFlags::RemoteWrite | AccessFlags::RemoteRead);
+            // No remote read/write/atomic on this QP: only SENDs come in.
+            .setup_access_flags(AccessFlags::LocalWrite);
         qp.modify(&attr).map_err(|e| RdmaError::verbs("modify QP to INIT", std::io::Error::other(e)))?;
         Ok(RcQueuePair {
             qp,
             recv_posted: (0..recv_depth).map(|_| None).collect(),
+            recv_posted_count: 0,
             send_inflight: VecDeque::new(),
             next_wr: 1,
             port: device.port,
@@ -124,7 +128,7 @@ impl RcQueuePair {
             .setup_path_mtu(mtu_from_bytes(local.mtu.min(remote.mtu)))
             .setup_dest_qp_num(remote.qpn)
             .setup_rq_psn(remote.psn)
-            .setup_max_dest_read_atomic(1)
+            .setup_max_dest_read_atomic(0)
             .setup_min_rnr_timer(12)
             .setup_address_vector(&ah);
         self.qp
@@ -139,7 +143,7 @@ impl RcQueuePair {
             .setup_timeout(17)
             .setup_retry_cnt(7)
             .setup_rnr_retry(7)
-            .setup_max_read_atomic(1);
+            .setup_max_read_atomic(0);
         self.qp.modify(&rts).map_err(|e| RdmaError::verbs(format!("modify QP {qpn} to RTS"), std::io::Error::other(e)))
     }
 
@@ -152,18 +156,22 @@ impl RcQueuePair {
         for slot in &slots {
             let handle = guard.construct_wr(RECV_FLAG | u64::from(slot.index()));
             let len = u32::try_from(slot.capacity()).unwrap_or(u32::MAX);
-            // SAFETY: the slot's memory is registered under `lkey` and, once posted below, is owned by
-            // `recv_posted` until its completion is reaped, so nothing else touches it meanwhile.
+            // SAFETY: the slot's memory is registered under `lkey`, and the Slot moves into
+            // `recv_posted` below before the doorbell rings, staying there until its completion is
+            // reaped (or the QP is destroyed), so nothing else touches it while the NIC may.
             unsafe { handle.setup_sge(slot.lkey(), slot.addr(), len) };
         }
-        guard.post().map_err(|e| RdmaError::verbs("ibv_post_recv", std::io::Error::other(e)))?;
         for slot in slots {
             let index = slot.index() as usize;
             if let Some(entry) = self.recv_posted.get_mut(index) {
-                *entry = Some(slot);
+                if entry.replace(slot).is_none() {
+                    self.recv_posted_count += 1;
+                }
             }
         }
-        Ok(())
+        // On failure some requests may be posted already: their slots stay in the table; the
+        // caller closes the connection and the flush (or the QP's destruction) gives them back.
+        guard.post().map_err(|e| RdmaError::verbs("ibv_post_recv", std::io::Error::other(e)))
     }
 
     /// Posts sends (SEND with immediate) in one doorbell; their slots are held until completion.
@@ -172,6 +180,7 @@ impl RcQueuePair {
             return Ok(());
         }
         let first = self.next_wr;
+        let qp_num = self.qp.qp_number();
         let mut guard = self.qp.start_post_send();
         for (i, request) in requests.iter().enumerate() {
             let mut flags = if request.signaled { WorkRequestFlags::Signaled } else { WorkRequestFlags::none() };
@@ -184,24 +193,24 @@ impl RcQueuePair {
             if let Some(slot) = &request.slot {
                 let len = u32::try_from(slot.len()).unwrap_or(u32::MAX);
                 // SAFETY: the slot is registered under `lkey`, filled to `len`, and moves into
-                // `send_inflight` below, where it stays until a completion at or after it is reaped.
+                // `send_inflight` below before the doorbell rings; it stays there until a completion
+                // at or after it is reaped (or the QP is destroyed).
                 unsafe { handle.setup_sge(slot.lkey(), slot.addr(), len) };
             }
         }
-        guard.post().map_err(|e| {
-            RdmaError::verbs(format!("ibv_post_send on QP {}", self.qp_num()), std::io::Error::other(e))
-        })?;
         let count = requests.len() as u64;
         for (i, request) in requests.into_iter().enumerate() {
             self.send_inflight.push_back((first + i as u64, request.slot));
         }
         self.next_wr = first + count;
-        Ok(())
+        // On failure the slots stay in flight (some requests may have been posted); the caller
+        // closes the connection, and the flush or the QP's destruction gives them back.
+        guard.post().map_err(|e| RdmaError::verbs(format!("ibv_post_send on QP {qp_num}"), std::io::Error::other(e)))
     }
 
     /// Receives posted and not yet completed.
     pub(crate) fn recvs_posted(&self) -> usize {
-        self.recv_posted.iter().filter(|s| s.is_some()).count()
+        self.recv_posted_count
     }
 
     /// Sends posted and not yet completed.
@@ -214,6 +223,9 @@ impl RcQueuePair {
         let reaped = if completion.wr_id & RECV_FLAG != 0 {
             let index = (completion.wr_id & !RECV_FLAG) as usize;
             let slot = self.recv_posted.get_mut(index).and_then(Option::take);
+            if slot.is_some() {
+                self.recv_posted_count -= 1;
+            }
             match slot {
                 Some(mut slot) if completion.ok() => {
                     slot.set_len(completion.byte_len as usize);

@@ -24,7 +24,6 @@ pub(crate) struct Region {
     layout: Layout,
     slot_size: usize,
     lkey: u32,
-    rkey: u32,
     free: ArrayQueue<u32>,
     freed: Notify,
 }
@@ -49,7 +48,9 @@ impl Region {
         // SAFETY: the layout has a non-zero size (checked above).
         let raw = unsafe { std::alloc::alloc_zeroed(layout) };
         let base = NonNull::new(raw).ok_or_else(|| RdmaError::Handshake(format!("out of memory for {total} bytes")))?;
-        let access = AccessFlags::LocalWrite | AccessFlags::RemoteWrite | AccessFlags::RemoteRead;
+        // Local access only: the data path is two-sided (SEND/RECV) and no rkey ever leaves this
+        // host, so a peer gets no way to read or write this memory on its own.
+        let access = AccessFlags::LocalWrite;
         // SAFETY: `base..base+total` is a live allocation owned by this Region, which frees it only
         // after deregistering the MR (Drop below), and never moves it.
         let mr = match unsafe { pd.reg_mr(base.as_ptr() as usize, total, access) } {
@@ -64,16 +65,7 @@ impl Region {
         for i in 0..slots {
             let _ = free.push(i);
         }
-        Ok(Arc::new(Region {
-            lkey: mr.lkey(),
-            rkey: mr.rkey(),
-            mr: Some(mr),
-            base,
-            layout,
-            slot_size,
-            free,
-            freed: Notify::new(),
-        }))
+        Ok(Arc::new(Region { lkey: mr.lkey(), mr: Some(mr), base, layout, slot_size, free, freed: Notify::new() }))
     }
 
     /// Slots free now.
@@ -89,12 +81,6 @@ impl Region {
     /// Bytes per slot.
     pub(crate) fn slot_size(&self) -> usize {
         self.slot_size
-    }
-
-    /// Remote key of the region.
-    #[allow(dead_code)] // for RDMA WRITE into advertised buffers
-    pub(crate) fn rkey(&self) -> u32 {
-        self.rkey
     }
 
     /// A free slot, if any.
