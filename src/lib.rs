@@ -27,6 +27,7 @@ extern crate self as rdma_rpc;
 pub mod cli;
 pub mod echo;
 pub mod pb;
+pub mod replication;
 pub mod rpc;
 pub mod session;
 mod status;
