@@ -1,6 +1,7 @@
 //! Snapshot replication over rdma-rpc (zrepl's protocol, `proto/replication.proto`).
 #![allow(missing_docs)]
 pub mod chunk;
+pub mod endpoint;
 pub mod error;
 pub mod names;
 pub mod process;
