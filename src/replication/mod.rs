@@ -3,6 +3,10 @@
 pub mod chunk;
 pub mod endpoint;
 pub mod error;
+pub mod limit;
 pub mod names;
+pub mod plan;
 pub mod process;
+pub mod progress;
 pub mod resume;
+pub mod service;

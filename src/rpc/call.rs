@@ -218,6 +218,16 @@ impl<T: Transport, M: Message> CallSender<T, M> {
         self.client.send_buf(cmd).map_err(|_| self.ended())
     }
 
+    /// Sends a filled [`DataBuffer`] that holds one encoded message of type `M` (built in place,
+    /// e.g. a replication chunk whose data was read straight into it), without copying it.
+    pub async fn send_encoded(&mut self, message: DataBuffer<T::Buf>) -> Result<(), Status> {
+        self.wait_previous().await?;
+        let (ack, rx) = oneshot::channel();
+        self.last_ack = Some(rx);
+        let cmd = BufCommand::Send { id: self.id, kind: Kind::Message, body: message.buf, end: false, ack: Some(ack) };
+        self.client.send_buf(cmd).map_err(|_| self.ended())
+    }
+
     /// Ends the request stream and waits until everything sent passed flow control.
     pub async fn finish(mut self) -> Result<(), Status> {
         self.half_close.armed = false;
@@ -266,6 +276,24 @@ impl<B: SendBuffer> DataBuffer<B> {
         self.buf.writer().put_slice(&data[..n]);
     }
 
+    /// Appends `n` zero bytes and returns them, to be read or decoded into.
+    pub fn append_zeroed(&mut self, n: usize) -> &mut [u8] {
+        let n = n.min(self.remaining());
+        let start = self.buf.len();
+        self.buf.writer().put_bytes(0, n);
+        &mut self.buf.written_mut()[start..start + n]
+    }
+
+    /// Keeps the first `len` data bytes.
+    pub fn truncate(&mut self, len: usize) {
+        self.buf.truncate(HEADER_LEN + len);
+    }
+
+    /// The data bytes written so far, to back-patch them.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.buf.written_mut()[HEADER_LEN..]
+    }
+
     /// One `read` from `reader` straight into the buffer; returns the bytes read (0 at the end).
     pub fn read_from(&mut self, reader: &mut impl std::io::Read) -> std::io::Result<usize> {
         let start = self.buf.len();
@@ -301,6 +329,11 @@ impl<M: Message> ResponseSender<M> {
     /// Sends raw stream data, not copied on its way to the transport.
     pub async fn send_data(&mut self, data: Bytes) -> Result<(), Status> {
         self.send_bytes(Kind::Data, data).await
+    }
+
+    /// Sends one message of type `M` that the caller already encoded (e.g. built in place).
+    pub async fn send_encoded(&mut self, message: Bytes) -> Result<(), Status> {
+        self.send_bytes(Kind::Message, message).await
     }
 
     async fn send_bytes(&mut self, kind: Kind, body: Bytes) -> Result<(), Status> {

@@ -39,6 +39,7 @@ struct Shared<T: Transport> {
     closed: Arc<CallShared>,
     shutdown: watch::Sender<bool>,
     driver: std::sync::Mutex<Option<tokio::task::JoinHandle<Status>>>,
+    max_message: usize,
 }
 
 /// A connection to a server. Clone it freely: clones share the connection. The connection
@@ -68,6 +69,7 @@ impl<T: Transport> Client<T> {
         config.session.validate()?;
         let peer = transport.peer();
         let name = transport.capabilities().name;
+        let own_max_frame = config.session.max_frame_size as usize;
         let (alloc, sender, receiver) = transport.split();
         let (buf_tx, buf_rx) = mpsc::unbounded_channel();
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
@@ -95,7 +97,10 @@ impl<T: Transport> Client<T> {
             Ok(Err(status)) => return Err(ConnectError::Handshake { peer, status }),
             Err(_) => return Err(ConnectError::Handshake { peer, status: Status::internal("driver stopped") }),
         };
+        let max_message =
+            own_max_frame.min(peer_settings.max_frame_size as usize).saturating_sub(crate::wire::HEADER_LEN);
         let shared = Shared {
+            max_message,
             buf_tx,
             ctl_tx,
             alloc,
@@ -133,6 +138,11 @@ impl<T: Transport> Client<T> {
     /// The server's announced limits.
     pub fn peer_settings(&self) -> &pb::Settings {
         &self.shared.peer_settings
+    }
+
+    /// The largest message (or stream-data item) either side accepts on this connection.
+    pub fn max_message_len(&self) -> usize {
+        self.shared.max_message
     }
 
     /// Why the connection ended, once it has.
