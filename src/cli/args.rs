@@ -16,11 +16,20 @@ Examples:
       measure round trips and throughput to that server
   rdma-rpc devices
       list this host's RDMA devices, or say why there are none
+  rdma-rpc serve --listen rdma://0.0.0.0:7878 --target btrfs:/mnt/backup/snaps
+      receive snapshots into a btrfs directory (also zfs:POOL/DATASET, dir:/PATH)
+  rdma-rpc replicate btrfs:/mnt/data/snaps rdma://backup1:7878 --dry-run
+      show what replication would send (newest common snapshot, incrementals, sizes)
+  btrfs send /mnt/data/snaps/home@monday | rdma-rpc push tcp://backup1:7878 home@monday
+      pipe mode: store one stream on a server started with --sink dir:/PATH
+  rdma-rpc devices
+      list this host's RDMA devices, or say why there are none
   rdma-rpc demo
-      server and client on loopback: latency, call rate, a 2 GiB checked stream
+      replicate a generated multi-GiB dataset on loopback, cut the connection, resume, verify
 
 Endpoints are tcp://HOST:PORT or rdma://HOST:PORT (HOST: a name, IPv4, or [IPv6]).
-This build has no RDMA transport yet: rdma:// falls back to TCP unless --no-fallback is given.
+rdma:// uses RDMA when both hosts can (soft-RoCE too) and falls back to TCP on the same port,
+saying why, unless --no-fallback is given.
 Logs go to stderr; RUST_LOG (e.g. RUST_LOG=rdma_rpc=debug), when set, takes precedence over -v.";
 
 /// rdma-rpc: RPC for protobuf messages and bulk replication streams over RDMA, with TCP fallback.
@@ -53,10 +62,24 @@ pub enum Command {
     ///
     /// Example: `rdma-rpc devices`.
     Devices,
-    /// Run a server and a client in this process on loopback over the best transport available,
-    /// check every byte, and print latency, call rate and stream throughput.
+    /// Replicate snapshots to a server (`serve --target`), zrepl style: find the newest common
+    /// snapshot, send the newer ones in order (full first if the target has none), resume an
+    /// interrupted transfer, reconnect with back-off on network trouble.
     ///
-    /// Example: `rdma-rpc demo --stream-mib 256`.
+    /// SOURCE is btrfs:DIR (read-only subvolumes named FS@SNAP in DIR), zfs:DATASET (the
+    /// filesystems under it) or dir:DIR (a stream store).
+    /// Example: `rdma-rpc replicate btrfs:/mnt/data/snaps rdma://backup1:7878 --compress --bwlimit 200M`.
+    Replicate(ReplicateArgs),
+    /// Send one stream from stdin (or --input FILE) to a server started with `--sink dir:/PATH`,
+    /// stored as NAME (FS@SNAP). Pipe mode cannot resume: rerun the pipeline.
+    ///
+    /// Example: `btrfs send /mnt/snaps/home@mon | rdma-rpc push tcp://backup1:7878 home@mon`.
+    Push(PushArgs),
+    /// Replicate a generated multi-GiB dataset (a full and incremental snapshot streams) between a
+    /// server and a client in this process on loopback, cut the connection part-way, resume,
+    /// verify every byte, and print throughput; then latency and call rate of the echo service.
+    ///
+    /// Example: `rdma-rpc demo --dataset-mib 512`.
     Demo(DemoArgs),
 }
 
@@ -67,10 +90,100 @@ pub struct DemoArgs {
     #[arg(long, value_name = "N", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub calls: u64,
 
-    /// MiB streamed each way through one bidirectional call, in 1 MiB chunks, every byte checked.
-    /// Example: `--stream-mib 4096`.
-    #[arg(long, value_name = "MIB", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
-    pub stream_mib: u64,
+    /// MiB of the generated dataset: a full stream of half of it, then three incrementals.
+    /// Example: `--dataset-mib 8192`.
+    #[arg(long, value_name = "MIB", default_value_t = 2560, value_parser = clap::value_parser!(u64).range(8..=1 << 20))]
+    pub dataset_mib: u64,
+
+    /// Where the demo's source and target stores go (a fresh temporary directory inside it,
+    /// removed at the end). Example: `--work-dir /mnt/fast`.
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<std::path::PathBuf>,
+}
+
+/// Flags shared by the commands that send streams.
+#[derive(Debug, Args)]
+pub struct SendFlags {
+    /// Compress chunks with zstd (level 1) when the receiver offers it; never for --raw sends.
+    /// Helps on links slower than the CPU can compress. Example: `--compress`.
+    #[arg(long)]
+    pub compress: bool,
+
+    /// Limit stream payload to this rate per second (K, M, G are powers of 1024).
+    /// Example: `--bwlimit 200M`.
+    #[arg(long, value_name = "RATE", value_parser = crate::replication::limit::parse_rate)]
+    pub bwlimit: Option<u64>,
+
+    /// KiB of stream data per chunk (each with its own CRC32C); capped by the connection's
+    /// message size. Example: `--chunk-kib 512`.
+    #[arg(long, value_name = "KIB", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(4..=16384))]
+    pub chunk_kib: u64,
+
+    /// Fail on an rdma:// URL instead of falling back to TCP.
+    #[arg(long)]
+    pub no_fallback: bool,
+
+    /// RDMA: poll completions without ever sleeping.
+    #[arg(long)]
+    pub busy_poll: bool,
+
+    /// Seconds between progress lines when stderr is not a terminal (a terminal gets a live bar).
+    /// Example: `--progress-secs 30`.
+    #[arg(long, value_name = "S", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub progress_secs: u64,
+}
+
+/// Flags of `replicate`.
+#[derive(Debug, Args)]
+pub struct ReplicateArgs {
+    /// What to replicate: btrfs:DIR, zfs:DATASET or dir:DIR. Example: `zfs:tank/data`.
+    #[arg(value_name = "SOURCE")]
+    pub source: String,
+
+    /// The receiving server (`rdma-rpc serve --target ...`). Example: `rdma://backup1:7878`.
+    #[arg(value_name = "URL")]
+    pub url: Endpoint,
+
+    /// Only this filesystem (repeat for more; default: all of the source's). Example: `--fs home`.
+    #[arg(long = "fs", value_name = "NAME")]
+    pub filesystems: Vec<String>,
+
+    /// Print the plan (steps and size estimates) and send nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// ZFS raw sends (`zfs send -w`): encrypted datasets stay encrypted on the wire and target.
+    #[arg(long)]
+    pub raw: bool,
+
+    /// Keep reconnecting and resuming after retryable failures for this long, with back-off from
+    /// 0.25 s to 10 s. Example: `--retry-secs 3600`.
+    #[arg(long, value_name = "S", default_value_t = 600)]
+    pub retry_secs: u64,
+
+    /// Sending options.
+    #[command(flatten)]
+    pub send: SendFlags,
+}
+
+/// Flags of `push`.
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The receiving server (`rdma-rpc serve --sink dir:/PATH`). Example: `tcp://backup1:7878`.
+    #[arg(value_name = "URL")]
+    pub url: Endpoint,
+
+    /// Name to store the stream under, FS@SNAP. Example: `home@2026-11-22`.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+
+    /// Read the stream from this file instead of stdin. Example: `--input /tmp/home.stream`.
+    #[arg(long, value_name = "FILE")]
+    pub input: Option<std::path::PathBuf>,
+
+    /// Sending options.
+    #[command(flatten)]
+    pub send: SendFlags,
 }
 
 /// Flags of `serve`.
@@ -95,6 +208,12 @@ pub struct ServeArgs {
     /// connection while it lives). Default: spin 50 µs, then sleep on the completion channel.
     #[arg(long)]
     pub busy_poll: bool,
+
+    /// Also serve replication, receiving into this endpoint: btrfs:DIR (`btrfs receive`),
+    /// zfs:DATASET (`zfs receive` below it) or dir:DIR (stream files; `--sink` is the same flag,
+    /// for pipe mode). Example: `--target btrfs:/mnt/backup/snaps`.
+    #[arg(long, visible_alias = "sink", value_name = "SPEC")]
+    pub target: Option<String>,
 }
 
 /// Flags of `ping`.

@@ -1,57 +1,189 @@
-//! `rdma-rpc demo`: a server and a client in one process on loopback, over the best transport this
-//! host and build offer. It times sequential echo calls (latency), 64 calls in flight (call rate),
-//! and streams raw data both ways through one bidirectional call (throughput), checking every byte.
-//! Nothing here is simulated: the bytes cross a real socket.
+//! `rdma-rpc demo`, the main job on one machine: a server and a client in this process on
+//! loopback. It generates a multi-GiB dataset (a `dir:` store: one full snapshot stream and three
+//! incrementals), replicates it to the server with the real replication service, cuts the
+//! connection part-way by stopping the server, restarts it, lets the client reconnect and resume
+//! at the byte where the replica stopped, then reads both stores back and compares every stream.
+//! Then it times echo calls (latency, call rate). Nothing is simulated: bytes cross a real socket
+//! and land in real files.
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::task::JoinSet;
 
 use super::args::DemoArgs;
+use super::demo_dataset::{self, FILESYSTEM};
 use super::error::CliError;
 use super::ping::new_histogram;
 use crate::echo::EchoService;
 use crate::pb::echo::{EchoClient, EchoRequest};
-use crate::rpc::{Client, ConnectionConfig, Router, Server};
+use crate::replication::endpoint::Endpoint;
+use crate::replication::progress::{Progress, human_bytes};
+use crate::replication::replicate::{ReplicateOptions, replicate};
+use crate::replication::service::ReplicationService;
+use crate::rpc::{Client, ConnectOptions, ConnectionConfig, Router, Server};
 use crate::transport::tcp::{TcpConfig, TcpConnection, TcpListener};
 
-const CHUNK: usize = 1 << 20;
 const IN_FLIGHT: u64 = 64;
 
-/// Runs the demo and prints its report.
-pub async fn run(args: DemoArgs) -> Result<(), CliError> {
-    let why_tcp = "loopback: 127.0.0.1 has no RDMA device; `rdma-rpc serve --listen rdma://IP:PORT` and `rdma-rpc \
-                   ping rdma://IP:PORT` use RDMA between hosts";
-    println!("rdma-rpc demo: server and client on 127.0.0.1, transport tcp ({why_tcp})");
+/// A temporary directory removed when dropped (also when the demo fails).
+struct WorkDir(PathBuf);
 
-    let listener = TcpListener::bind("127.0.0.1:0", TcpConfig::default()).await.map_err(fail)?;
-    let addr = listener.local_addr().map_err(fail)?;
+impl WorkDir {
+    fn create(parent: Option<PathBuf>) -> Result<Self, CliError> {
+        let parent = parent.unwrap_or_else(std::env::temp_dir);
+        let dir = parent.join(format!("rdma-rpc-demo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|err| CliError::Demo(format!("cannot create {}: {err}", dir.display())))?;
+        Ok(WorkDir(dir))
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running server: echo, plus replication into `replica`.
+struct RunningServer {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn start_server(addr: std::net::SocketAddr, replica: &Path) -> Result<RunningServer, CliError> {
+    // The port was just released by the previous server; give the kernel a moment if needed.
+    let mut tries = 0;
+    let listener = loop {
+        match TcpListener::bind(addr, TcpConfig::default()).await {
+            Ok(listener) => break listener,
+            Err(err) if tries < 50 => {
+                tries += 1;
+                tracing::debug!(%err, "rebinding the demo port");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(err) => return Err(fail(err)),
+        }
+    };
     let mut router = Router::default();
     router.add(EchoService::server());
+    router.add(ReplicationService::new(Endpoint::parse(&format!("dir:{}", replica.display()))?).server());
     let server = Server::new(router, ConnectionConfig::default());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(server.serve_tcp(
+    // No drain: stopping cuts every connection at once, mid-stream, like a crash of the link.
+    let task = tokio::spawn(server.serve_tcp(
         listener,
         async {
             let _ = stopped.await;
         },
-        Duration::from_secs(5),
+        Duration::ZERO,
     ));
+    Ok(RunningServer { stop, task })
+}
+
+impl RunningServer {
+    async fn stop(self) -> Result<(), CliError> {
+        let _ = self.stop.send(());
+        self.task.await.map_err(fail)?.map_err(fail)
+    }
+}
+
+/// Runs the demo and prints its report.
+pub async fn run(args: DemoArgs) -> Result<(), CliError> {
+    let why_tcp = "loopback: 127.0.0.1 has no RDMA device; `rdma-rpc serve --listen rdma://IP:PORT` and `rdma-rpc \
+                   replicate ... rdma://IP:PORT` use RDMA between hosts";
+    println!("rdma-rpc demo: server and client on 127.0.0.1, transport tcp ({why_tcp})");
+    let work = WorkDir::create(args.work_dir.clone())?;
+    let (source, replica) = (work.0.join("source"), work.0.join("replica"));
+    let mib = args.dataset_mib;
+
+    let started = Instant::now();
+    let generated = {
+        let source = source.clone();
+        tokio::task::spawn_blocking(move || demo_dataset::generate(&source, mib)).await.map_err(fail)??
+    };
+    let names: Vec<String> = demo_dataset::snapshots(mib)
+        .iter()
+        .map(|(name, size)| format!("@{name} {}", human_bytes(*size as f64)))
+        .collect();
+    println!(
+        "dataset: {} in dir:{} ({FILESYSTEM}: {}), generated in {:.1}s",
+        human_bytes(generated as f64),
+        source.display(),
+        names.join(", "),
+        started.elapsed().as_secs_f64()
+    );
+
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").map_err(fail)?;
+    let addr = probe.local_addr().map_err(fail)?;
+    drop(probe);
+    let server = start_server(addr, &replica).await?;
+
+    let progress = Progress::default();
+    let cut_at = demo_dataset::snapshots(mib)[0].1 * 2 / 5;
+    let chaos = {
+        let (progress, replica) = (progress.clone(), replica.clone());
+        tokio::spawn(async move {
+            while progress.done() < cut_at {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let at = progress.done();
+            server.stop().await?;
+            println!("cut: server stopped with {} of @s1 sent; restarting it", human_bytes(at as f64));
+            start_server(addr, &replica).await
+        })
+    };
+    let options = ReplicateOptions {
+        first_backoff: Duration::from_millis(100),
+        retry_for: Duration::from_secs(120),
+        ..ReplicateOptions::default()
+    };
+    let reporter = progress.report("replicating".into(), Duration::from_secs(2));
+    let started = Instant::now();
+    let source_endpoint = Arc::new(Endpoint::parse(&format!("dir:{}", source.display()))?);
+    let result = replicate(source_endpoint, &addr.to_string(), &ConnectOptions::default(), &options, &progress).await;
+    let seconds = started.elapsed().as_secs_f64();
+    progress.finish();
+    let _ = reporter.await;
+    let report = result?;
+    let server = chaos.await.map_err(fail)??;
+
+    for done in &report.done {
+        let resumed =
+            if done.resumed_at > 0 { format!(" (resumed at byte {})", done.resumed_at) } else { String::new() };
+        println!("  sent {}: {} in {:.2}s{resumed}", done.step, human_bytes(done.bytes as f64), done.secs);
+    }
+    if report.attempts < 2 || !report.done.iter().any(|d| d.resumed_at > 0) {
+        return Err(CliError::Demo("the cut did not interrupt the transfer, or it did not resume".into()));
+    }
+    let sent: u64 = report.done.iter().map(|d| d.bytes).sum();
+    println!(
+        "replicated {} snapshots in {seconds:.1}s over {} connections: {} sent after the planning ({}/s)",
+        report.done.len(),
+        report.attempts,
+        human_bytes(sent as f64),
+        human_bytes(sent as f64 / seconds),
+    );
+    let compared = {
+        let (source, replica) = (source.clone(), replica.clone());
+        tokio::task::spawn_blocking(move || demo_dataset::verify(&source, &replica, mib)).await.map_err(fail)??
+    };
+    println!(
+        "verified: the replica's {} streams equal the source's, byte for byte ({})",
+        report.done.len(),
+        human_bytes(compared as f64)
+    );
 
     let connection = TcpConnection::connect(addr, TcpConfig::default()).await.map_err(fail)?;
     let client = Client::connect(connection, ConnectionConfig::default()).await.map_err(fail)?;
     let echo = EchoClient::new(client.with_timeout(Duration::from_secs(30)));
-
     latency(&echo, args.calls).await?;
     call_rate(&echo, args.calls).await?;
-    stream(&echo, args.stream_mib).await?;
-
     client.close().await;
-    let _ = stop.send(());
-    serving.await.map_err(fail)?.map_err(fail)?;
-    println!("all replies and {} MiB of stream data checked byte for byte: OK", 2 * args.stream_mib);
-    println!("(snapshot replication over this transport arrives with the replication service)");
+    server.stop().await?;
+    println!("demo OK");
     Ok(())
 }
 
@@ -100,44 +232,6 @@ async fn call_rate(echo: &EchoClient<TcpConnection>, calls: u64) -> Result<(), C
     }
     let rate = calls as f64 / started.elapsed().as_secs_f64();
     println!("unary, {IN_FLIGHT} in flight:        {rate:.0} calls/s");
-    Ok(())
-}
-
-/// Chunk `index`: a fixed pattern whose first 8 bytes carry the index, so loss, duplication and
-/// reordering all show.
-fn chunk(pattern: &[u8], index: u64) -> Bytes {
-    let mut chunk = BytesMut::from(pattern);
-    chunk[..8].copy_from_slice(&index.to_be_bytes());
-    chunk.freeze()
-}
-
-async fn stream(echo: &EchoClient<TcpConnection>, mib: u64) -> Result<(), CliError> {
-    let pattern: Bytes = (0..CHUNK).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect::<Vec<u8>>().into();
-    let (mut sender, mut receiver) = echo.pipe().await.map_err(fail)?;
-    let started = Instant::now();
-    let producer = {
-        let pattern = pattern.clone();
-        tokio::spawn(async move {
-            for index in 0..mib {
-                sender.send_data(chunk(&pattern, index)).await?;
-            }
-            sender.finish().await
-        })
-    };
-    let mut expected = 0u64;
-    while let Some(data) = receiver.data().await.map_err(fail)? {
-        if data.len() != CHUNK || data[..8] != expected.to_be_bytes() || data[8..] != pattern[8..] {
-            return Err(CliError::Demo(format!("stream chunk {expected} arrived corrupted or out of order")));
-        }
-        expected += 1;
-    }
-    producer.await.map_err(fail)?.map_err(fail)?;
-    if expected != mib {
-        return Err(CliError::Demo(format!("stream delivered {expected} of {mib} chunks")));
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    let each_way = mib as f64 * CHUNK as f64 / seconds / 1e6;
-    println!("stream, 1 MiB chunks:      {mib} MiB each way in {seconds:.2} s = {each_way:.0} MB/s each way");
     Ok(())
 }
 

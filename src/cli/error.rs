@@ -35,6 +35,9 @@ pub enum CliError {
         /// Why not.
         reason: String,
     },
+    /// Replication failed; the message says whether retrying can help.
+    #[error("replication failed ({kind}): {0}", kind = .0.kind_word())]
+    Replication(#[from] crate::replication::error::ReplicationError),
     /// The demo found something wrong (a lost or corrupted chunk, a failed call).
     #[error("demo failed: {0}")]
     Demo(String),
@@ -110,6 +113,7 @@ impl CliError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             CliError::BadUrl { .. } | CliError::RdmaUnavailable { .. } => ExitCode::from(2),
+            CliError::Replication(err) if err.is_retryable() => ExitCode::from(75), // EX_TEMPFAIL
             _ => ExitCode::FAILURE,
         }
     }

@@ -1,19 +1,22 @@
-//! The `rdma-rpc` command line: `serve` (the echo service), `ping` (latency and throughput
-//! against a server), `devices` (the host's RDMA devices, from sysfs) and `demo` (all of it on
-//! loopback, self-checking).
+//! The `rdma-rpc` command line: `serve` (the echo service, and replication with `--target`),
+//! `ping` (latency and throughput against a server), `replicate` and `push` (send snapshots),
+//! `devices` (the host's RDMA devices) and `demo` (replication and echo on loopback,
+//! self-checking).
 //!
 //! - `args.rs`: the clap structs, which are also the `--help` text;
 //! - `url.rs`: `tcp://HOST:PORT` / `rdma://HOST:PORT` endpoints, and the TCP fallback for `rdma://`;
-//! - `serve.rs`, `ping.rs`, `devices.rs`, `demo.rs`: one command each;
+//! - `serve.rs`, `ping.rs`, `replicate.rs` (also `push`), `devices.rs`, `demo.rs`: the commands;
 //! - `error.rs`: [`CliError`], whose messages name the fix.
 //!
 //! [`main`] is the whole program: `src/main.rs` only calls it. Logs go to stderr; results to stdout.
 
 mod args;
 mod demo;
+mod demo_dataset;
 mod devices;
 mod error;
 mod ping;
+mod replicate;
 mod serve;
 mod url;
 
@@ -23,7 +26,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-pub use args::{Cli, Command, DemoArgs, PingArgs, ServeArgs};
+pub use args::{Cli, Command, DemoArgs, PingArgs, PushArgs, ReplicateArgs, ServeArgs};
 pub use error::CliError;
 pub use url::{Endpoint, Scheme};
 
@@ -61,6 +64,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             devices::run();
             Ok(())
         }
+        Command::Replicate(args) => replicate::run_replicate(args).await,
+        Command::Push(args) => replicate::run_push(args).await,
         Command::Demo(args) => demo::run(args).await,
     }
 }

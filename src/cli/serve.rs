@@ -1,4 +1,5 @@
-//! `rdma-rpc serve`: the echo service until Ctrl-C or SIGTERM, then a graceful drain. With an
+//! `rdma-rpc serve`: the echo service (and with `--target`, replication into that endpoint) until
+//! Ctrl-C or SIGTERM, then a graceful drain. With an
 //! `rdma://` URL, clients that offer RDMA get an RDMA data path; others are served over TCP.
 //!
 //! Once bound it prints exactly one line on stdout, `listening on SCHEME://ADDR ... (services: ...)`,
@@ -26,6 +27,10 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
 
     let mut router = Router::default();
     router.add(EchoService::server());
+    if let Some(target) = &args.target {
+        let endpoint = crate::replication::endpoint::Endpoint::parse(target)?;
+        router.add(crate::replication::service::ReplicationService::new(endpoint).server());
+    }
     let services = router.describe();
     let server = Server::new(router, ConnectionConfig::default());
 

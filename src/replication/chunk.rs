@@ -32,6 +32,10 @@ pub const CHUNK_OVERHEAD: usize = (1 + 5) + (1 + 10) + (1 + 5) + (1 + 4) + (1 + 
 pub trait ChunkBuffer {
     /// Bytes written so far.
     fn len(&self) -> usize;
+    /// Whether nothing was written.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Appends bytes.
     fn append(&mut self, bytes: &[u8]);
     /// Appends `n` zero bytes and returns them, to be read or compressed into.

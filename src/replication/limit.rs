@@ -49,7 +49,7 @@ pub fn parse_rate(text: &str) -> Result<u64, String> {
         _ => return Err(format!("unknown unit {unit:?}: write e.g. 50M (MiB/s), 1G or 800k")),
     };
     let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a rate: write e.g. 50M, 1G or 800k"))?;
-    if !(value > 0.0) {
+    if value.is_nan() || value <= 0.0 {
         return Err("a rate must be positive".into());
     }
     Ok((value * scale as f64) as u64)

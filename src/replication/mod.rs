@@ -8,5 +8,7 @@ pub mod names;
 pub mod plan;
 pub mod process;
 pub mod progress;
+pub mod push;
+pub mod replicate;
 pub mod resume;
 pub mod service;

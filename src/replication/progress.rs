@@ -51,6 +51,11 @@ impl Progress {
         self.inner.done.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Takes back `n` bytes counted by a transfer that failed (its retry counts them again).
+    pub fn take_back(&self, n: u64) {
+        self.inner.done.fetch_sub(n.min(self.done()), Ordering::Relaxed);
+    }
+
     /// Adds to the expected total (0 = unknown, no ETA).
     pub fn expect(&self, n: u64) {
         self.inner.expected.fetch_add(n, Ordering::Relaxed);

@@ -69,7 +69,7 @@ impl<T: Transport> Client<T> {
         config.session.validate()?;
         let peer = transport.peer();
         let name = transport.capabilities().name;
-        let own_max_frame = config.session.max_frame_size as usize;
+        let own_max_frame = config.session.max_frame_size;
         let (alloc, sender, receiver) = transport.split();
         let (buf_tx, buf_rx) = mpsc::unbounded_channel();
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();

@@ -13,6 +13,7 @@
 //! Implementations: TCP ([`tcp`], over the `transport-tcp` crate), RDMA ([`rdma`], over the
 //! `transport-rdma` crate), and [`mem`], an in-memory pair for protocol tests only.
 
+pub mod fault;
 pub mod mem;
 pub mod rdma;
 pub mod tcp;
