@@ -14,8 +14,10 @@ use super::{Capabilities, FrameReceiver, Transport, TransportError};
 pub struct FlipPlan {
     /// Only frames at least this long count (so small control frames are left alone).
     pub min_len: usize,
-    /// Damage the `nth` counted frame (1-based).
+    /// Damage the `nth` counted frame (1-based) of a connection.
     pub nth: usize,
+    /// Flip no more than this many bits in all, over every connection sharing `flipped`.
+    pub times: usize,
     /// Incremented for every bit flipped, for the test to check.
     pub flipped: Arc<AtomicUsize>,
 }
@@ -50,7 +52,7 @@ impl<R: FrameReceiver> FrameReceiver for FaultyReceiver<R> {
                 return frame;
             }
             self.seen += 1;
-            if self.seen != self.plan.nth {
+            if self.seen != self.plan.nth || self.plan.flipped.load(Ordering::SeqCst) >= self.plan.times {
                 return frame;
             }
             let mut damaged = BytesMut::from(&frame[..]);

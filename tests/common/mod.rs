@@ -12,6 +12,7 @@ use rdma_rpc::transport::tcp::{TcpConfig, TcpConnection, TcpListener};
 use tokio::sync::oneshot;
 
 pub mod calculator;
+pub mod replication;
 
 /// A server on 127.0.0.1 serving echo and the test calculator; stops when dropped.
 pub struct TestServer {
