@@ -19,7 +19,12 @@ fn zfs_unavailable() -> Option<String> {
         return Some("no /dev/fuse".into());
     }
     for tool in ["zfs-fuse", "zfs", "zpool"] {
-        if Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().map(|o| !o.status.success()).unwrap_or(true) {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
             return Some(format!("`{tool}` is missing: apt-get install zfs-fuse (scripts/deps does)"));
         }
     }

@@ -165,13 +165,24 @@ pub fn tree_digest(root: &Path) -> Vec<String> {
 pub struct ServeProcess {
     pub child: Child,
     pub port: u16,
+    scheme: String,
+    host: String,
 }
 
 impl ServeProcess {
     pub fn start(target: &str, port: u16) -> ServeProcess {
-        let listen = format!("tcp://127.0.0.1:{port}");
+        Self::start_on("tcp", "127.0.0.1", port, target)
+    }
+
+    /// Serves on `scheme://host:port` (`rdma` with `--no-fallback`).
+    pub fn start_on(scheme: &str, host: &str, port: u16, target: &str) -> ServeProcess {
+        let listen = format!("{scheme}://{host}:{port}");
+        let mut args = vec!["serve", "--listen", &listen, "--drain-secs", "1", "--target", target];
+        if scheme == "rdma" {
+            args.push("--no-fallback");
+        }
         let mut child = Command::new(BIN)
-            .args(["serve", "--listen", &listen, "--drain-secs", "1", "--target", target])
+            .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -191,14 +202,14 @@ impl ServeProcess {
                 panic!("serve printed no `listening on` line: {other:?}");
             }
         };
-        let rest = line.strip_prefix("listening on tcp://127.0.0.1:").unwrap_or_else(|| panic!("{line}"));
+        let rest = line.strip_prefix(&format!("listening on {scheme}://{host}:")).unwrap_or_else(|| panic!("{line}"));
         let port = rest.split(' ').next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("{line}"));
         assert!(line.contains("rdmarpc.replication.Replication"), "{line}");
-        ServeProcess { child, port }
+        ServeProcess { child, port, scheme: scheme.to_string(), host: host.to_string() }
     }
 
     pub fn url(&self) -> String {
-        format!("tcp://127.0.0.1:{}", self.port)
+        format!("{}://{}:{}", self.scheme, self.host, self.port)
     }
 
     /// SIGKILL, as a crash would.
