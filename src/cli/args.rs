@@ -92,7 +92,7 @@ pub struct DemoArgs {
 
     /// MiB of the generated dataset: a full stream of half of it, then three incrementals.
     /// Example: `--dataset-mib 8192`.
-    #[arg(long, value_name = "MIB", default_value_t = 2560, value_parser = clap::value_parser!(u64).range(8..=1 << 20))]
+    #[arg(long, value_name = "MIB", default_value_t = 2560, value_parser = clap::value_parser!(u64).range(64..=1 << 20))]
     pub dataset_mib: u64,
 
     /// Where the demo's source and target stores go (a fresh temporary directory inside it,

@@ -123,11 +123,15 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
 
     let progress = Progress::default();
     let cut_at = demo_dataset::snapshots(mib)[0].1 * 2 / 5;
+    let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let chaos = {
-        let (progress, replica) = (progress.clone(), replica.clone());
+        let (progress, replica, finished) = (progress.clone(), replica.clone(), finished.clone());
         tokio::spawn(async move {
             while progress.done() < cut_at {
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                if finished.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Ok(server); // too fast to cut: reported below
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
             }
             let at = progress.done();
             server.stop().await?;
@@ -145,6 +149,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     let source_endpoint = Arc::new(Endpoint::parse(&format!("dir:{}", source.display()))?);
     let result = replicate(source_endpoint, &addr.to_string(), &ConnectOptions::default(), &options, &progress).await;
     let seconds = started.elapsed().as_secs_f64();
+    finished.store(true, std::sync::atomic::Ordering::Relaxed);
     progress.finish();
     let _ = reporter.await;
     let report = result?;
