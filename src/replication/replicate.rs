@@ -12,7 +12,9 @@ use super::error::{ReplicationError, Result};
 use super::plan::{Step, plan_filesystem};
 use super::progress::Progress;
 use super::push::{StepDone, TransferOptions, send_stream};
-use crate::pb::replication::{ListFilesystemReq, ListFilesystemVersionsReq, PingReq, ReplicationClient};
+use crate::pb::replication::{
+    ListFilesystemReq, ListFilesystemVersionsReq, PingReq, ReplicationClient, ReplicationCursorReq, replication_cursor_res,
+};
 use crate::rpc::{ConnectError, ConnectOptions, Connection, connect};
 use crate::status::{Code, Status};
 use crate::transport::Transport;
@@ -171,10 +173,25 @@ async fn run<T: Transport>(
             eprintln!("resuming {step} at byte {}", stream.start_offset);
         }
         let done = send_stream(&client, &step, stream, expected, compress, &options.transfer, progress).await?;
+        confirm_cursor(&client, &step).await?;
         report.done.push(done);
     }
     client.inner().close().await;
     Ok(())
+}
+
+/// Asks the target for its replication cursor (its newest complete snapshot) and checks that it
+/// is the one just sent: the step counts as done only once the target says so.
+async fn confirm_cursor<T: Transport>(client: &ReplicationClient<T>, step: &Step) -> Result<()> {
+    let request = ReplicationCursorReq { filesystem: step.filesystem.clone() };
+    match client.replication_cursor(&request).await?.result {
+        Some(replication_cursor_res::Result::Guid(guid)) if guid == step.to.guid => Ok(()),
+        other => Err(ReplicationError::Conflict(format!(
+            "after {step}, the target's replication cursor is {other:?}, not @{} (guid {:#x}): was the target changed \
+             meanwhile?",
+            step.to.name, step.to.guid
+        ))),
+    }
 }
 
 fn spec_of(step: &Step, options: &ReplicateOptions) -> SendSpec {
