@@ -14,9 +14,10 @@ use common::calculator::pb::{CalculatorClient, CountRequest};
 use rdma_rpc::Code;
 use rdma_rpc::echo::EchoService;
 use rdma_rpc::pb::echo::{EchoClient, EchoRequest};
-use rdma_rpc::rpc::{ConnectError, ConnectOptions, Connection, ConnectionConfig, Router, Server, connect};
-use rdma_rpc::transport::rdma::{RdmaConfig, RdmaConnection};
-use rdma_rpc::transport::tcp::{TcpConfig, TcpListener};
+use rdma_rpc::rpc::{Client, ConnectError, ConnectOptions, Connection, ConnectionConfig, Router, Server, connect};
+use rdma_rpc::transport::Transport;
+use rdma_rpc::transport::rdma::{self, Negotiated, RdmaConfig, RdmaConnection};
+use rdma_rpc::transport::tcp::{TcpConfig, TcpConnection, TcpListener};
 
 /// The device's address, or None (with the reason printed) when no RDMA device is configured.
 fn rdma_addr() -> Option<String> {
@@ -296,6 +297,29 @@ async fn rdma_dropped_large_calls_are_cancel_safe() {
     }
     while let Some(done) = calls.join_next().await {
         done.expect("large call after cancellations");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rdma_inline_size_is_what_the_device_granted() {
+    let Some(addr) = rdma_addr() else { return };
+    let inline = RdmaConfig { max_inline: 64, ..RdmaConfig::default() };
+    let (server, _stop) = start_server(&addr, Some(inline.clone())).await;
+    for (config, asked) in [(RdmaConfig::default(), 0), (inline, 64)] {
+        let tcp = TcpConnection::connect(server.as_str(), TcpConfig::default()).await.expect("tcp");
+        let connection = match rdma::connect(tcp, &config).await.expect("offer RDMA") {
+            Negotiated::Rdma(connection) => connection,
+            Negotiated::Tcp { reason, .. } => panic!("expected RDMA, fell back: {reason}"),
+        };
+        let granted = connection.capabilities().max_inline_size;
+        eprintln!("max_inline {asked}: the device granted {granted}");
+        assert!(granted <= asked, "reported {granted} inline bytes, only {asked} were asked for");
+        // Messages around the inline size arrive intact either way.
+        let echo = EchoClient::new(Client::connect(connection, ConnectionConfig::default()).await.expect("session"));
+        for size in [0usize, 1, 20, 40, 47, 48, 49, 64, 65, 1000] {
+            let payload = pattern(size, size as u8);
+            assert_eq!(echo.echo(&EchoRequest { payload: payload.clone() }).await.expect("echo").payload, payload);
+        }
     }
 }
 
