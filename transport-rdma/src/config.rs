@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::RdmaError;
+
 /// How the completion poller waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -38,7 +40,8 @@ pub struct RdmaConfig {
     /// Registered receive buffers posted per connection: the peer's credit. One is kept for
     /// credit-only messages, so a receiver-not-ready never happens.
     pub recv_buffers: u32,
-    /// Large-buffer classes, smallest first; the largest is the largest message. Each class is
+    /// Large-buffer classes, smallest first (a message uses the first class it fits); the
+    /// largest is the largest message. Each class is
     /// registered once per connection for sending and once (with remote write access, its address
     /// and key sent to the peer in the handshake) for receiving. Both sides must use the same list.
     pub large_classes: Vec<LargeClass>,
@@ -84,8 +87,51 @@ impl RdmaConfig {
         self.large_classes.iter().map(|class| class.size).fold(self.buffer_size, usize::max)
     }
 
+    /// Checks what the immediate value can name: at most [`MAX_LARGE_CLASSES`] classes of at most
+    /// 2^24 buffers each, and fewer than 2^24 receive buffers (credit counts share its bits).
+    pub(crate) fn check_limits(&self) -> Result<(), RdmaError> {
+        const INDEXES: u32 = 1 << 24;
+        if self.large_classes.len() > MAX_LARGE_CLASSES {
+            let count = self.large_classes.len();
+            return Err(RdmaError::Handshake(format!(
+                "{count} large classes, at most {MAX_LARGE_CLASSES} are supported"
+            )));
+        }
+        if let Some(class) = self.large_classes.iter().find(|c| c.count > INDEXES || c.count == 0 || c.size == 0) {
+            return Err(RdmaError::Handshake(format!(
+                "large class {class:?}: size and count must be non-zero, count ≤ 2^24"
+            )));
+        }
+        if self.recv_buffers >= INDEXES {
+            return Err(RdmaError::Handshake(format!(
+                "{} receive buffers, fewer than 2^24 are supported",
+                self.recv_buffers
+            )));
+        }
+        Ok(())
+    }
+
     /// Large buffers of all classes (per direction).
     pub(crate) fn large_buffers(&self) -> u32 {
         self.large_classes.iter().map(|class| class.count).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_cover_the_session_frame_limit_and_limits_are_checked() {
+        let config = RdmaConfig::default();
+        assert!(config.max_message_size() >= 16 * 1024 * 1024 + 16, "a 16 MiB frame and its header fit");
+        assert_eq!(config.registered_bytes(), 88 * 1024 * 1024 + 2 * 2 * 4096);
+        assert!(config.check_limits().is_ok());
+        let no_large = RdmaConfig { large_classes: Vec::new(), ..RdmaConfig::default() };
+        assert_eq!(no_large.max_message_size(), no_large.buffer_size);
+        let empty_class = RdmaConfig { large_classes: vec![LargeClass { size: 1 << 20, count: 0 }], ..config.clone() };
+        assert!(empty_class.check_limits().is_err());
+        let too_many = RdmaConfig { large_classes: vec![LargeClass { size: 4096, count: 1 }; 65], ..config };
+        assert!(too_many.check_limits().is_err());
     }
 }

@@ -90,13 +90,7 @@ pub(crate) struct Setup {
 
 impl Setup {
     pub(crate) fn new(config: &RdmaConfig, local_ip: IpAddr, psn: u32) -> Result<Self, RdmaError> {
-        if config.large_classes.len() > crate::config::MAX_LARGE_CLASSES {
-            return Err(RdmaError::Handshake(format!(
-                "{} large classes configured, at most {} are supported",
-                config.large_classes.len(),
-                crate::config::MAX_LARGE_CLASSES
-            )));
-        }
+        config.check_limits()?;
         let device = crate::verbs::open_for_address(config.device.as_deref(), local_ip)?;
         crate::verbs::check_memlock(config.registered_bytes())?;
         let send_region = Region::new(&device.pd, config.buffer_size, config.send_buffers)?;
