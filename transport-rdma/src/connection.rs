@@ -105,7 +105,7 @@ impl Setup {
         let large_send = config
             .large_classes
             .iter()
-            .map(|class| Region::new(&device.pd, class.size, class.count))
+            .map(|class| Region::with_mixed_waiters(&device.pd, class.size, class.count))
             .collect::<Result<Vec<_>, _>>()?;
         let large_recv = LargeRecv::new(&device.pd, &config.large_classes, &recv_freed)?;
         let large = config.large_buffers();

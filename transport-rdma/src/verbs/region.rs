@@ -40,6 +40,8 @@ pub(crate) struct Region {
     rkey: u32,
     free: ArrayQueue<u32>,
     freed: Arc<Notify>,
+    /// Whether a returned slot wakes every waiter of `take`, not just one (see `with_mixed_waiters`).
+    wake_all: bool,
 }
 
 // SAFETY: the memory behind `base` is only reached through `Slot`s, each of which is the unique
@@ -53,6 +55,23 @@ impl Region {
     /// Allocates and registers `slots * slot_size` bytes for local access only.
     pub(crate) fn new(pd: &Arc<ProtectionDomain>, slot_size: usize, slots: u32) -> Result<Arc<Region>, RdmaError> {
         Region::with_access(pd, slot_size, slots, Access::Local, Arc::new(Notify::new()))
+    }
+
+    /// Like `new`, for a region whose `take` waiters keep different reserves (the large send
+    /// buffers: the application keeps one back, the sender's join does not). One wake-up could
+    /// reach a waiter whose reserve forbids taking and be lost to the one that could, so every
+    /// returned slot wakes them all.
+    pub(crate) fn with_mixed_waiters(
+        pd: &Arc<ProtectionDomain>,
+        slot_size: usize,
+        slots: u32,
+    ) -> Result<Arc<Region>, RdmaError> {
+        let mut region = Region::with_access(pd, slot_size, slots, Access::Local, Arc::new(Notify::new()))?;
+        // A region just made has no other owner, so this always applies.
+        if let Some(region) = Arc::get_mut(&mut region) {
+            region.wake_all = true;
+        }
+        Ok(region)
     }
 
     /// Allocates and registers `slots * slot_size` bytes with `access`; `freed` is notified
@@ -95,7 +114,7 @@ impl Region {
             let _ = free.push(i);
         }
         let (lkey, rkey) = (mr.lkey(), mr.rkey());
-        Ok(Arc::new(Region { lkey, rkey, mr: Some(mr), base, layout, slot_size, free, freed }))
+        Ok(Arc::new(Region { lkey, rkey, mr: Some(mr), base, layout, slot_size, free, freed, wake_all: false }))
     }
 
     /// The address of slot 0, as the peer addresses it in RDMA WRITEs.
@@ -232,6 +251,9 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         let _ = self.region.free.push(self.index);
+        if self.region.wake_all {
+            self.region.freed.notify_waiters();
+        }
         self.region.freed.notify_one();
     }
 }
