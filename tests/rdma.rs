@@ -14,9 +14,10 @@ use common::calculator::pb::{CalculatorClient, CountRequest};
 use rdma_rpc::Code;
 use rdma_rpc::echo::EchoService;
 use rdma_rpc::pb::echo::{EchoClient, EchoRequest};
-use rdma_rpc::rpc::{ConnectError, ConnectOptions, Connection, ConnectionConfig, Router, Server, connect};
-use rdma_rpc::transport::rdma::{RdmaConfig, RdmaConnection};
-use rdma_rpc::transport::tcp::{TcpConfig, TcpListener};
+use rdma_rpc::rpc::{Client, ConnectError, ConnectOptions, Connection, ConnectionConfig, Router, Server, connect};
+use rdma_rpc::transport::Transport;
+use rdma_rpc::transport::rdma::{self, Negotiated, RdmaConfig, RdmaConnection};
+use rdma_rpc::transport::tcp::{TcpConfig, TcpConnection, TcpListener};
 
 /// The device's address, or None (with the reason printed) when no RDMA device is configured.
 fn rdma_addr() -> Option<String> {
@@ -69,6 +70,32 @@ fn pattern(len: usize, seed: u8) -> Bytes {
     (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect::<Vec<u8>>().into()
 }
 
+/// A large payload, cheap to build in a slow guest: a 65,521-byte period (prime, so no buffer or
+/// page offset lines up with it) with the offset stamped every 4 KiB, so a misplaced, repeated or
+/// stale block shows.
+fn large_pattern(len: usize, seed: u8) -> Bytes {
+    const PERIOD: usize = 65_521;
+    let period: Vec<u8> = (0..PERIOD).map(|i| (i as u8).wrapping_mul(131).wrapping_add(seed)).collect();
+    let mut data = Vec::with_capacity(len);
+    while data.len() < len {
+        let take = PERIOD.min(len - data.len());
+        data.extend_from_slice(&period[..take]);
+    }
+    for offset in (0..len.saturating_sub(8)).step_by(4096) {
+        data[offset..offset + 8].copy_from_slice(&(offset as u64 ^ u64::from(seed) << 56).to_be_bytes());
+    }
+    data.into()
+}
+
+/// Where two payloads first differ, for a failure message that says more than "not equal" (the
+/// comparison itself is a memcmp: a byte loop is slow in an unoptimised build in an emulated guest).
+fn first_difference(got: &[u8], expected: &[u8]) -> Option<usize> {
+    if got == expected {
+        return None;
+    }
+    got.iter().zip(expected).position(|(a, b)| a != b).or(Some(got.len().min(expected.len())))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rdma_unary_calls_of_every_size() {
     let Some(addr) = rdma_addr() else { return };
@@ -81,8 +108,8 @@ async fn rdma_unary_calls_of_every_size() {
         let reply = echo.echo(&EchoRequest { payload: payload.clone() }).await.expect("echo over RDMA");
         assert_eq!(reply.payload, payload, "size {size}");
     }
-    // Larger than one registered buffer: refused locally with the fix, the connection survives.
-    let err = echo.echo(&EchoRequest { payload: pattern(1 << 20, 9) }).await.expect_err("too large for RDMA");
+    // Larger than the largest frame (16 MiB): refused locally, the connection survives.
+    let err = echo.echo(&EchoRequest { payload: large_pattern(17 << 20, 9) }).await.expect_err("too large a frame");
     assert!(matches!(err.code, Code::ResourceExhausted | Code::Unavailable), "{err}");
     echo.echo(&EchoRequest { payload: pattern(10, 1) }).await.expect("connection still works");
 }
@@ -184,6 +211,169 @@ async fn rdma_falls_back_to_tcp_when_the_server_has_no_rdma() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rdma_unary_large_messages_up_to_16_mib_byte_for_byte() {
+    let Some(addr) = rdma_addr() else { return };
+    let (server, _stop) = start_server(&addr, Some(RdmaConfig::default())).await;
+    let client = rdma_client(&server).await;
+    let max = client.peer_settings().max_frame_size;
+    assert!(max >= 16 << 20, "the server's frame limit over RDMA must not be clamped to a slot: {max}");
+    let echo = EchoClient::new(client.with_timeout(Duration::from_secs(60)));
+    // One slot exactly, just over it, then every large class; the last is as large as a 16 MiB
+    // frame allows (its header and the protobuf tag and length take the rest).
+    let sizes = [128 * 1024 - 64, 128 * 1024 + 1, 1 << 20, (1 << 20) + 4096, 4 << 20, (16 << 20) - 256];
+    for (i, size) in sizes.into_iter().enumerate() {
+        let payload = large_pattern(size, i as u8 + 1);
+        let reply = echo.echo(&EchoRequest { payload: payload.clone() }).await.expect("large echo over RDMA");
+        let difference = first_difference(&reply.payload, &payload);
+        assert!(
+            difference.is_none(),
+            "size {size}: {} bytes back, first difference at {difference:?}",
+            reply.payload.len()
+        );
+    }
+    // Small calls still work after the large ones (slots and large buffers both came back).
+    for round in 0..10u8 {
+        let payload = pattern(1000, round);
+        assert_eq!(echo.echo(&EchoRequest { payload: payload.clone() }).await.expect("small echo").payload, payload);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rdma_stream_64_mib_in_1_mib_messages_each_way() {
+    let Some(addr) = rdma_addr() else { return };
+    let (server, _stop) = start_server(&addr, Some(RdmaConfig::default())).await;
+    let echo = EchoClient::new(rdma_client(&server).await);
+    const CHUNK: usize = 1 << 20;
+    const CHUNKS: u64 = 64;
+    let base = large_pattern(CHUNK, 5);
+    let (mut requests, mut replies) = echo.pipe().await.expect("open");
+    let producer = {
+        let base = base.clone();
+        tokio::spawn(async move {
+            for index in 0..CHUNKS {
+                let mut chunk = BytesMut::from(&base[..]);
+                chunk[CHUNK - 8..].copy_from_slice(&index.to_be_bytes());
+                requests.send_data(chunk.freeze()).await.expect("send 1 MiB");
+            }
+            requests.finish().await.expect("finish");
+        })
+    };
+    let mut index = 0u64;
+    while let Some(data) = replies.data().await.expect("stream") {
+        assert_eq!(data.len(), CHUNK, "message {index}");
+        assert_eq!(data[CHUNK - 8..], index.to_be_bytes(), "message out of order");
+        let difference = first_difference(&data[..CHUNK - 8], &base[..CHUNK - 8]);
+        assert!(difference.is_none(), "message {index} corrupted at {difference:?}");
+        index += 1;
+    }
+    producer.await.expect("producer");
+    assert_eq!(index, CHUNKS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rdma_large_stream_and_large_calls_share_the_buffers() {
+    let Some(addr) = rdma_addr() else { return };
+    let (server, _stop) = start_server(&addr, Some(RdmaConfig::default())).await;
+    let client = rdma_client(&server).await;
+    let echo = EchoClient::new(client.with_timeout(Duration::from_secs(90)));
+    // Stream payloads are joined into large send buffers at flush time while calls encode into
+    // the same class of buffers from their own tasks: both kinds of waiter on one pool.
+    const CHUNK: usize = 1 << 20;
+    const CHUNKS: u64 = 16;
+    let base = large_pattern(CHUNK, 21);
+    let (mut requests, mut replies) = echo.pipe().await.expect("open");
+    let producer = {
+        let base = base.clone();
+        tokio::spawn(async move {
+            for index in 0..CHUNKS {
+                let mut chunk = BytesMut::from(&base[..]);
+                chunk[..8].copy_from_slice(&index.to_be_bytes());
+                requests.send_data(chunk.freeze()).await.expect("send");
+            }
+            requests.finish().await.expect("finish");
+        })
+    };
+    let mut calls = tokio::task::JoinSet::new();
+    for task in 0..4u8 {
+        let echo = echo.clone();
+        calls.spawn(async move {
+            for round in 0..4u8 {
+                let payload = large_pattern(CHUNK - 4096 * usize::from(task), task * 16 + round);
+                let reply = echo.echo(&EchoRequest { payload: payload.clone() }).await.expect("large call");
+                let difference = first_difference(&reply.payload, &payload);
+                assert!(difference.is_none(), "task {task} round {round}: first difference at {difference:?}");
+            }
+        });
+    }
+    let mut index = 0u64;
+    while let Some(data) = replies.data().await.expect("stream") {
+        assert_eq!(data[..8], index.to_be_bytes(), "message out of order");
+        let difference = first_difference(&data[8..], &base[8..]);
+        assert!(difference.is_none(), "message {index} corrupted at {difference:?}");
+        index += 1;
+    }
+    assert_eq!(index, CHUNKS);
+    producer.await.expect("producer");
+    while let Some(done) = calls.join_next().await {
+        done.expect("calls");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rdma_dropped_large_calls_are_cancel_safe() {
+    let Some(addr) = rdma_addr() else { return };
+    let (server, _stop) = start_server(&addr, Some(RdmaConfig::default())).await;
+    let echo = EchoClient::new(rdma_client(&server).await.with_timeout(Duration::from_secs(60)));
+    // Drop large calls at every stage (encoding, waiting for a large buffer of the peer's, being
+    // written, being echoed); a buffer reused before its completion would corrupt what follows.
+    let payloads: Vec<Bytes> = (0..4u8).map(|i| large_pattern((1 << 20) + 4096 * usize::from(i), i)).collect();
+    for round in 0..40u64 {
+        let request = EchoRequest { payload: payloads[round as usize % payloads.len()].clone() };
+        let _ = tokio::time::timeout(Duration::from_micros(200 * round), echo.echo(&request)).await;
+        if round % 8 == 7 {
+            let big = EchoRequest { payload: large_pattern(4 << 20, round as u8) };
+            let _ = tokio::time::timeout(Duration::from_millis(round), echo.echo(&big)).await;
+        }
+    }
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..8u8 {
+        let echo = echo.clone();
+        calls.spawn(async move {
+            let payload = large_pattern((2 << 20) + usize::from(i) * 4096, 100 + i);
+            let reply = echo.echo(&EchoRequest { payload: payload.clone() }).await.expect("echo after cancellations");
+            let difference = first_difference(&reply.payload, &payload);
+            assert!(difference.is_none(), "call {i}: first difference at {difference:?}");
+        });
+    }
+    while let Some(done) = calls.join_next().await {
+        done.expect("large call after cancellations");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rdma_inline_size_is_what_the_device_granted() {
+    let Some(addr) = rdma_addr() else { return };
+    let inline = RdmaConfig { max_inline: 64, ..RdmaConfig::default() };
+    let (server, _stop) = start_server(&addr, Some(inline.clone())).await;
+    for (config, asked) in [(RdmaConfig::default(), 0), (inline, 64)] {
+        let tcp = TcpConnection::connect(server.as_str(), TcpConfig::default()).await.expect("tcp");
+        let connection = match rdma::connect(tcp, &config).await.expect("offer RDMA") {
+            Negotiated::Rdma(connection) => connection,
+            Negotiated::Tcp { reason, .. } => panic!("expected RDMA, fell back: {reason}"),
+        };
+        let granted = connection.capabilities().max_inline_size;
+        eprintln!("max_inline {asked}: the device granted {granted}");
+        assert!(granted <= asked, "reported {granted} inline bytes, only {asked} were asked for");
+        // Messages around the inline size arrive intact either way.
+        let echo = EchoClient::new(Client::connect(connection, ConnectionConfig::default()).await.expect("session"));
+        for size in [0usize, 1, 20, 40, 47, 48, 49, 64, 65, 1000] {
+            let payload = pattern(size, size as u8);
+            assert_eq!(echo.echo(&EchoRequest { payload: payload.clone() }).await.expect("echo").payload, payload);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rdma_pair_unary_concurrent_and_64_mib_stream_across_the_wire() {
     let Ok(peer) = std::env::var("RDMA_TEST_PEER_ADDR") else {
         eprintln!("SKIPPED: RDMA_TEST_PEER_ADDR is unset (run scripts/rxe-test, which boots two guests)");
@@ -205,6 +395,13 @@ async fn rdma_pair_unary_concurrent_and_64_mib_stream_across_the_wire() {
     for size in [1usize, 4096, 65_536] {
         let payload = pattern(size, 5);
         assert_eq!(echo.echo(&EchoRequest { payload: payload.clone() }).await.expect("echo").payload, payload);
+    }
+    // Large messages by RDMA WRITE into the peer's buffers, across the wire.
+    for size in [1usize << 20, 4 << 20, (16 << 20) - 256] {
+        let payload = large_pattern(size, 6);
+        let reply = echo.echo(&EchoRequest { payload: payload.clone() }).await.expect("large echo");
+        let difference = first_difference(&reply.payload, &payload);
+        assert!(difference.is_none(), "size {size}: first difference at {difference:?}");
     }
     let mut calls = tokio::task::JoinSet::new();
     for i in 0..1000u32 {

@@ -1,11 +1,13 @@
 //! The RDMA transport: the `Transport` trait over the `transport-rdma` crate. Send buffers are
 //! registered memory (prost encodes straight into what the NIC reads), received messages are
-//! `Bytes` over registered receive buffers that are re-posted when the last view drops.
+//! `Bytes` over registered receive buffers that are re-posted when the last view drops. Messages
+//! larger than a slot travel by RDMA WRITE into large buffers the peer lent, so the session's
+//! frame limit is the largest large-buffer class (16 MiB + 4 KiB by default), not one slot.
 
 use bytes::Bytes;
 pub use rdma_rpc_transport_rdma::{
-    Accepted, Negotiated, PollMode, RdmaAlloc, RdmaConfig, RdmaConnection, RdmaError, RdmaReceiver, RdmaSender,
-    SlotWriter, accept, connect, verbs,
+    Accepted, LargeClass, Negotiated, PollMode, RdmaAlloc, RdmaConfig, RdmaConnection, RdmaError, RdmaReceiver,
+    RdmaSender, SlotWriter, accept, connect, verbs,
 };
 
 use super::{BufferAlloc, Capabilities, FrameReceiver, FrameSender, SendBuffer, Transport, TransportError};
@@ -73,7 +75,7 @@ impl Transport for RdmaConnection {
         Capabilities {
             name: "rdma",
             max_message_size: self.max_message_size(),
-            max_inline_size: 0,
+            max_inline_size: self.max_inline_size(),
             zero_copy_send: true,
             zero_copy_recv: true,
         }

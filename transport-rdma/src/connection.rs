@@ -1,11 +1,12 @@
 //! An established RDMA connection and its three parts, as the RPC layer's `Transport` needs them:
-//! [`RdmaAlloc`] hands out registered send buffers, [`RdmaSender`] posts them (batched, one doorbell
-//! per flush, selectively signaled, within the peer's credit), [`RdmaReceiver`] yields received
-//! messages as `Bytes` over registered receive buffers.
+//! [`RdmaAlloc`] hands out registered send buffers, [`RdmaSender`] posts them (`sender.rs`), and
+//! [`RdmaReceiver`] yields received messages as `Bytes` over registered receive buffers.
 //!
-//! Credit: the peer posted `recv_buffers` receives; every SEND consumes one. Each SEND carries, as
-//! its immediate value, how many receives this side re-posted since it last said so. One credit is
-//! kept for credit-only (zero-length) messages, so returning credit never waits for credit.
+//! Credit: the peer posted `recv_buffers` receives; every SEND and every WRITE-with-immediate
+//! consumes one. Each SEND carries, as its immediate value, how many receives this side re-posted
+//! since it last said so. One credit is kept for credit-only (zero-length) messages, so returning
+//! credit never waits for credit. Large messages also need one of the peer's large buffers
+//! (`large.rs`), which the peer hands back one zero-length SEND per buffer.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,14 +15,12 @@ use bytes::Bytes;
 use rdma_rpc_transport_tcp::{TcpReceiver, TcpSender};
 use tokio::sync::{Notify, mpsc};
 
+use crate::large::{Advertised, LargeRecv, RemoteBuffers};
 use crate::poller;
-use crate::verbs::{CompletionQueue, OpenDevice, QpEndpoint, RcQueuePair, Region, SendRequest, SlotWriter};
+use crate::sender::{RdmaAlloc, RdmaSender};
+use crate::verbs::{Access, CompletionQueue, OpenDevice, QpEndpoint, RcQueuePair, Region};
 use crate::{RdmaConfig, RdmaError};
 
-/// Signal at least every this many sends, so unsignaled slots come back in time.
-const SIGNAL_EVERY: u64 = 16;
-
-#[derive(Debug, Default)]
 pub(crate) struct Credits {
     /// Sends the peer can take now (its posted receives we have not used).
     pub(crate) available: u32,
@@ -29,14 +28,20 @@ pub(crate) struct Credits {
     pub(crate) owed: u32,
     /// Sends posted so far (for selective signaling).
     pub(crate) posted: u64,
+    /// The peer's large buffers this side may write now.
+    pub(crate) remote: RemoteBuffers,
 }
 
 /// State shared by the parts of a connection and its poller. The QP is the first field: it is
-/// destroyed before anything else goes.
+/// destroyed before anything else goes (lent large buffers included). Lock order: `qp`, then
+/// `large_recv`, then `credits`.
 pub(crate) struct Inner {
     pub(crate) qp: Mutex<RcQueuePair>,
+    pub(crate) large_recv: Mutex<LargeRecv>,
     pub(crate) send_region: Arc<Region>,
     pub(crate) recv_region: Arc<Region>,
+    /// One send region per large class, smallest first.
+    pub(crate) large_send: Vec<Arc<Region>>,
     pub(crate) credits: Mutex<Credits>,
     pub(crate) credit_changed: Notify,
     pub(crate) closed: Mutex<Option<String>>,
@@ -75,43 +80,74 @@ pub(crate) struct Setup {
     device: OpenDevice,
     cq: CompletionQueue,
     qp: RcQueuePair,
+    large_recv: LargeRecv,
     send_region: Arc<Region>,
     recv_region: Arc<Region>,
+    large_send: Vec<Arc<Region>>,
     local: QpEndpoint,
     config: RdmaConfig,
 }
 
 impl Setup {
     pub(crate) fn new(config: &RdmaConfig, local_ip: IpAddr, psn: u32) -> Result<Self, RdmaError> {
+        config.check_limits()?;
         let device = crate::verbs::open_for_address(config.device.as_deref(), local_ip)?;
+        crate::verbs::check_memlock(config.registered_bytes())?;
         let send_region = Region::new(&device.pd, config.buffer_size, config.send_buffers)?;
-        let recv_region = Region::new(&device.pd, config.buffer_size, config.recv_buffers)?;
-        let cq = CompletionQueue::new(&device, config.send_buffers + config.recv_buffers + 16)?;
-        let mut qp = RcQueuePair::new(&device, &cq, config.send_buffers + 8, config.recv_buffers, config.max_inline)?;
+        let recv_freed = Arc::new(Notify::new());
+        let recv_region = Region::with_access(
+            &device.pd,
+            config.buffer_size,
+            config.recv_buffers,
+            Access::Local,
+            recv_freed.clone(),
+        )?;
+        let large_send = config
+            .large_classes
+            .iter()
+            .map(|class| Region::with_mixed_waiters(&device.pd, class.size, class.count))
+            .collect::<Result<Vec<_>, _>>()?;
+        let large_recv = LargeRecv::new(&device.pd, &config.large_classes, &recv_freed)?;
+        let large = config.large_buffers();
+        let cq = CompletionQueue::new(&device, config.send_buffers + config.recv_buffers + 2 * large + 32)?;
+        let send_depth = config.send_buffers + large + 16;
+        let mut qp = RcQueuePair::new(&device, &cq, send_depth, config.recv_buffers, config.max_inline)?;
         qp.post_recv(recv_region.take_all())?;
         let local = qp.endpoint(&device, psn);
-        Ok(Setup { device, cq, qp, send_region, recv_region, local, config: config.clone() })
+        let config = config.clone();
+        Ok(Setup { device, cq, qp, large_recv, send_region, recv_region, large_send, local, config })
     }
 
     pub(crate) fn endpoint(&self) -> QpEndpoint {
         self.local
     }
 
-    /// Connects the QP to the peer's; `peer_recv_buffers` is the initial credit.
+    /// This side's large receive buffers, for the handshake.
+    pub(crate) fn advertised(&self) -> Vec<Advertised> {
+        self.large_recv.advertised()
+    }
+
+    /// Connects the QP to the peer's; `peer_recv_buffers` is the initial credit and
+    /// `peer_large` the large buffers the peer lends.
     pub(crate) fn finish(
         mut self,
         remote: &QpEndpoint,
         peer_recv_buffers: u32,
+        peer_large: &[Advertised],
         peer: SocketAddr,
     ) -> Result<Connected, RdmaError> {
         self.qp.connect(&self.local, remote)?;
         let qp_num = self.qp.qp_num();
         tracing::debug!(device = %self.device.name, qp = qp_num, peer_qp = remote.qpn, %peer, "RDMA queue pair ready");
+        let credits =
+            Credits { available: peer_recv_buffers, owed: 0, posted: 0, remote: RemoteBuffers::new(peer_large) };
         let inner = Inner {
             qp: Mutex::new(self.qp),
+            large_recv: Mutex::new(self.large_recv),
             send_region: self.send_region,
             recv_region: self.recv_region,
-            credits: Mutex::new(Credits { available: peer_recv_buffers, owed: 0, posted: 0 }),
+            large_send: self.large_send,
+            credits: Mutex::new(credits),
             credit_changed: Notify::new(),
             closed: Mutex::new(None),
             closing: Notify::new(),
@@ -169,159 +205,23 @@ impl RdmaConnection {
         &self.inner.device
     }
 
-    /// Largest message: one registered buffer.
+    /// Largest message: the largest large-buffer class (or one slot, without large classes).
     pub fn max_message_size(&self) -> usize {
-        self.inner.config.buffer_size
+        self.inner.config.max_message_size()
+    }
+
+    /// Largest message sent inline in the work request: what the device granted of
+    /// `RdmaConfig::max_inline` (0 when inline sends are off or unsupported).
+    pub fn max_inline_size(&self) -> usize {
+        lock(&self.inner.qp).max_inline() as usize
     }
 
     /// Splits into the allocator, the sending half and the receiving half.
     pub fn split(self) -> (RdmaAlloc, RdmaSender, RdmaReceiver) {
-        let alloc = RdmaAlloc { region: self.inner.send_region.clone() };
-        let sender = RdmaSender { inner: self.inner.clone(), tcp: self.tcp, queue: Vec::new() };
+        let alloc = RdmaAlloc::new(&self.inner);
+        let sender = RdmaSender::new(self.inner.clone(), self.tcp);
         let receiver = RdmaReceiver { inner: self.inner, incoming: self.incoming };
         (alloc, sender, receiver)
-    }
-}
-
-/// Hands out registered send buffers; waits when all are in flight.
-#[derive(Clone)]
-pub struct RdmaAlloc {
-    region: Arc<Region>,
-}
-
-/// Send buffers kept for control frames and headers: application data waits once only this many
-/// are free.
-const CONTROL_RESERVE: usize = 4;
-
-impl RdmaAlloc {
-    /// A registered buffer with room for `capacity` bytes, for application data: waits while all
-    /// but the control reserve are in use.
-    pub async fn alloc(&self, capacity: usize) -> Result<SlotWriter, RdmaError> {
-        self.check(capacity)?;
-        let reserve = CONTROL_RESERVE.min(self.region.slots().saturating_sub(1) as usize);
-        Ok(SlotWriter::new(self.region.take(reserve).await))
-    }
-
-    /// A registered buffer now, reserve included, or `None` when every buffer is in use.
-    pub fn try_alloc(&self, capacity: usize) -> Option<Result<SlotWriter, RdmaError>> {
-        if let Err(err) = self.check(capacity) {
-            return Some(Err(err));
-        }
-        self.region.try_take().map(|slot| Ok(SlotWriter::new(slot)))
-    }
-
-    fn check(&self, capacity: usize) -> Result<(), RdmaError> {
-        if capacity > self.region.slot_size() {
-            return Err(RdmaError::TooLarge { len: capacity, max: self.region.slot_size() });
-        }
-        Ok(())
-    }
-}
-
-/// The sending half.
-pub struct RdmaSender {
-    inner: Arc<Inner>,
-    tcp: TcpSender,
-    queue: Vec<SlotWriter>,
-}
-
-impl RdmaSender {
-    /// Queues a message; no IO until `flush`.
-    pub fn feed(&mut self, buf: SlotWriter) -> Result<(), RdmaError> {
-        if let Some(reason) = self.inner.closed_reason() {
-            return Err(RdmaError::Closed(reason));
-        }
-        self.queue.push(buf);
-        Ok(())
-    }
-
-    /// Queues `head` followed by `payload`: the payload is copied into the registered buffer (it
-    /// is not registered memory itself).
-    pub fn feed_with_payload(&mut self, mut head: SlotWriter, payload: Bytes) -> Result<(), RdmaError> {
-        let total = head.len() + payload.len();
-        if total > self.inner.send_region.slot_size() {
-            return Err(RdmaError::TooLarge { len: total, max: self.inner.send_region.slot_size() });
-        }
-        bytes::BufMut::put_slice(&mut head, &payload);
-        self.feed(head)
-    }
-
-    /// Posts everything queued, in batches as the peer's credit allows.
-    pub async fn flush(&mut self) -> Result<(), RdmaError> {
-        while !self.queue.is_empty() {
-            let (count, imm, first_seq) = self.reserve().await?;
-            let requests = self
-                .queue
-                .drain(..count)
-                .enumerate()
-                .map(|(i, buf)| {
-                    let seq = first_seq + i as u64;
-                    SendRequest {
-                        signaled: i + 1 == count || seq % SIGNAL_EVERY == SIGNAL_EVERY - 1,
-                        imm: if i == 0 { imm } else { 0 },
-                        slot: Some(buf.slot),
-                    }
-                })
-                .collect();
-            if let Err(err) = lock(&self.inner.qp).post_send(requests) {
-                self.inner.close(err.to_string());
-                return Err(err);
-            }
-        }
-        Ok(())
-    }
-
-    /// Waits for credit; takes it for up to the queued messages. Returns (count, credit to
-    /// announce, sequence number of the first).
-    async fn reserve(&self) -> Result<(usize, u32, u64), RdmaError> {
-        loop {
-            let notified = self.inner.credit_changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if let Some(reason) = self.inner.closed_reason() {
-                return Err(RdmaError::Closed(reason));
-            }
-            {
-                let mut credits = lock(&self.inner.credits);
-                // One credit stays for credit-only messages.
-                if credits.available >= 2 {
-                    let count = self.queue.len().min(credits.available as usize - 1);
-                    credits.available -= count as u32;
-                    let imm = std::mem::take(&mut credits.owed);
-                    let first = credits.posted;
-                    credits.posted += count as u64;
-                    return Ok((count, imm, first));
-                }
-            }
-            notified.await;
-        }
-    }
-
-    /// Flushes, waits until every send completed, then closes the TCP control connection (the
-    /// peer sees the end there).
-    pub async fn close(&mut self) -> Result<(), RdmaError> {
-        let flushed = self.flush().await;
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-        loop {
-            let notified = self.inner.credit_changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if lock(&self.inner.qp).sends_in_flight() == 0 || self.inner.closed_reason().is_some() {
-                break;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                break;
-            }
-        }
-        let _ = self.tcp.shutdown().await;
-        self.inner.close("closed locally".into());
-        flushed
-    }
-}
-
-impl Drop for RdmaSender {
-    fn drop(&mut self) {
-        self.inner.close("closed locally".into());
     }
 }
 

@@ -55,11 +55,16 @@ pub enum RdmaError {
         /// The work request.
         wr_id: u64,
     },
+    /// The peer broke the transport's rules (e.g. wrote into a buffer it did not hold).
+    #[error("RDMA protocol violation by the peer: {0}")]
+    Protocol(String),
     /// The connection is closed.
     #[error("RDMA connection closed: {0}")]
     Closed(String),
     /// A message larger than one registered buffer.
-    #[error("message of {len} bytes exceeds the RDMA buffer size of {max}: raise RdmaConfig::buffer_size")]
+    #[error(
+        "message of {len} bytes exceeds the largest RDMA buffer of {max}: add a larger RdmaConfig::large_classes entry"
+    )]
     TooLarge {
         /// The message.
         len: usize,

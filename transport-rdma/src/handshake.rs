@@ -3,11 +3,15 @@
 //! ready to send. When either side cannot do RDMA, the same TCP connection carries the traffic.
 //!
 //! ```text
-//! hello   "RDMARPC" 0x01 | qpn u32 | psn u32 | gid [16] | mtu u32 | recv_buffers u32 | buffer_size u32
+//! hello   "RDMARPC" 0x01 | version u8 = 2 | qpn u32 | psn u32 | gid [16] | mtu u32 | recv_buffers u32
+//!         | buffer_size u32 | classes u8 | per large class: size u32, count u32, addr u64, rkey u32
 //! accept  "RDMARPC" 0x02 | the same fields, the server's
 //! refuse  "RDMARPC" 0x03 | reason, UTF-8
 //! ready   "RDMARPC" 0x04
 //! ```
+//! The large classes are the receive buffers each side lends the other for RDMA WRITEs
+//! (`large.rs`): both sides must configure the same sizes and counts. A peer speaking another
+//! version is refused with the reason (version 1 had no large classes).
 //! A first message that does not start with the magic is a plain rdma-rpc frame: the server keeps
 //! it and serves the connection over TCP.
 
@@ -18,6 +22,7 @@ use bytes::{Buf, BufMut, Bytes};
 use rdma_rpc_transport_tcp::{TcpConnection, TcpReceiver, TcpSender};
 
 use crate::connection::{RdmaConnection, Setup};
+use crate::large::Advertised;
 use crate::verbs::QpEndpoint;
 use crate::{RdmaConfig, RdmaError};
 
@@ -26,6 +31,12 @@ const HELLO: u8 = 1;
 const ACCEPT: u8 = 2;
 const REFUSE: u8 = 3;
 const READY: u8 = 4;
+/// Version of the hello and accept layout.
+const VERSION: u8 = 2;
+/// Bytes of the fixed part of an offer after the kind byte (version to class count).
+const OFFER_FIXED: usize = 1 + 4 + 4 + 16 + 4 + 4 + 4 + 1;
+/// Bytes per advertised large class.
+const CLASS_LEN: usize = 4 + 4 + 8 + 4;
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the client ended up with.
@@ -62,25 +73,55 @@ pub enum Accepted {
     },
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Offer {
     endpoint: QpEndpoint,
     recv_buffers: u32,
     buffer_size: u32,
+    large: Vec<Advertised>,
+}
+
+impl Offer {
+    fn new(setup: &Setup, config: &RdmaConfig) -> Offer {
+        let buffer_size = u32::try_from(config.buffer_size).unwrap_or(u32::MAX);
+        Offer { endpoint: setup.endpoint(), recv_buffers: config.recv_buffers, buffer_size, large: setup.advertised() }
+    }
+
+    /// Why this side cannot talk to `theirs`, if it cannot: buffer sizes and large classes
+    /// must be the same on both sides.
+    fn mismatch(&self, theirs: &Offer) -> Option<String> {
+        let classes = |o: &Offer| o.large.iter().map(|c| (c.size, c.count)).collect::<Vec<_>>();
+        if theirs.buffer_size != self.buffer_size {
+            Some(format!("buffer sizes differ (peer {}, here {})", theirs.buffer_size, self.buffer_size))
+        } else if classes(theirs) != classes(self) {
+            Some(format!("large classes (size, count) differ (peer {:?}, here {:?})", classes(theirs), classes(self)))
+        } else {
+            None
+        }
+    }
 }
 
 fn encode(kind: u8, offer: Option<&Offer>, reason: &str) -> rdma_rpc_transport_tcp::SendBuf {
-    let mut buf = rdma_rpc_transport_tcp::SendBuf::with_capacity(64 + reason.len());
+    let classes = offer.map_or(0, |o| o.large.len());
+    let mut buf = rdma_rpc_transport_tcp::SendBuf::with_capacity(64 + CLASS_LEN * classes + reason.len());
     let out = buf.body_mut();
     out.put_slice(MAGIC);
     out.put_u8(kind);
     if let Some(offer) = offer {
+        out.put_u8(VERSION);
         out.put_u32(offer.endpoint.qpn);
         out.put_u32(offer.endpoint.psn);
         out.put_slice(&offer.endpoint.gid);
         out.put_u32(offer.endpoint.mtu);
         out.put_u32(offer.recv_buffers);
         out.put_u32(offer.buffer_size);
+        out.put_u8(u8::try_from(offer.large.len()).unwrap_or(u8::MAX));
+        for class in offer.large.iter().take(u8::MAX as usize) {
+            out.put_u32(class.size);
+            out.put_u32(class.count);
+            out.put_u64(class.addr);
+            out.put_u32(class.rkey);
+        }
     }
     out.put_slice(reason.as_bytes());
     buf
@@ -93,15 +134,33 @@ fn kind_of(message: &[u8]) -> Option<u8> {
 
 fn decode_offer(message: &Bytes) -> Result<Offer, RdmaError> {
     let mut body = message.slice(MAGIC.len() + 1..);
-    if body.remaining() < 36 {
+    let version = body.first().copied().unwrap_or(0);
+    if version != VERSION {
+        return Err(RdmaError::PeerRefused {
+            reason: format!("the peer speaks RDMA handshake version {version}, this side speaks {VERSION}"),
+        });
+    }
+    if body.remaining() < OFFER_FIXED {
         return Err(RdmaError::Handshake(format!("queue-pair details truncated ({} bytes)", body.remaining())));
     }
+    body.advance(1);
     let qpn = body.get_u32();
     let psn = body.get_u32();
     let mut gid = [0u8; 16];
     body.copy_to_slice(&mut gid);
     let endpoint = QpEndpoint { qpn, psn, gid, mtu: body.get_u32() };
-    Ok(Offer { endpoint, recv_buffers: body.get_u32(), buffer_size: body.get_u32() })
+    let (recv_buffers, buffer_size) = (body.get_u32(), body.get_u32());
+    let classes = body.get_u8() as usize;
+    if body.remaining() < classes * CLASS_LEN {
+        return Err(RdmaError::Handshake(format!(
+            "{classes} large classes announced, {} bytes follow",
+            body.remaining()
+        )));
+    }
+    let large = (0..classes)
+        .map(|_| Advertised { size: body.get_u32(), count: body.get_u32(), addr: body.get_u64(), rkey: body.get_u32() })
+        .collect();
+    Ok(Offer { endpoint, recv_buffers, buffer_size, large })
 }
 
 async fn recv(receiver: &mut TcpReceiver, step: &str) -> Result<Bytes, RdmaError> {
@@ -127,20 +186,16 @@ pub async fn connect(tcp: TcpConnection, config: &RdmaConfig) -> Result<Negotiat
         Err(err) if err.is_unavailable() => return Ok(Negotiated::Tcp { sender, receiver, reason: err.to_string() }),
         Err(err) => return Err(err),
     };
-    let offer =
-        Offer { endpoint: setup.endpoint(), recv_buffers: config.recv_buffers, buffer_size: buffer_size(config) };
+    let offer = Offer::new(&setup, config);
     sender.send(encode(HELLO, Some(&offer), "")).await?;
     let reply = recv(&mut receiver, "the RDMA offer").await?;
     match kind_of(&reply) {
         Some(ACCEPT) => {
             let theirs = decode_offer(&reply)?;
-            if theirs.buffer_size != offer.buffer_size {
-                return Err(RdmaError::Handshake(format!(
-                    "the server accepted with buffers of {} bytes, this side uses {}",
-                    theirs.buffer_size, offer.buffer_size
-                )));
+            if let Some(mismatch) = offer.mismatch(&theirs) {
+                return Err(RdmaError::Handshake(format!("the server accepted, but {mismatch}")));
             }
-            let connection = setup.finish(&theirs.endpoint, theirs.recv_buffers, peer)?;
+            let connection = setup.finish(&theirs.endpoint, theirs.recv_buffers, &theirs.large, peer)?;
             sender.send(encode(READY, None, "")).await?;
             Ok(Negotiated::Rdma(connection.attach(sender, receiver)))
         }
@@ -163,7 +218,15 @@ pub async fn accept(tcp: TcpConnection, config: Option<&RdmaConfig>) -> Result<A
     if kind_of(&first) != Some(HELLO) {
         return Ok(Accepted::Tcp { sender, receiver, first: Some(first), reason: None });
     }
-    let theirs = decode_offer(&first)?;
+    let theirs = match decode_offer(&first) {
+        Ok(theirs) => theirs,
+        Err(err @ RdmaError::PeerRefused { .. }) => {
+            let reason = err.to_string();
+            sender.send(encode(REFUSE, None, &reason)).await?;
+            return Ok(Accepted::Tcp { sender, receiver, first: None, reason: Some(reason) });
+        }
+        Err(err) => return Err(err),
+    };
     let setup = match config {
         None => Err(RdmaError::Unavailable { reason: "the server runs without RDMA".into() }),
         Some(config) => Setup::new(config, local.ip(), random_psn()).map(|s| (s, config)),
@@ -176,14 +239,13 @@ pub async fn accept(tcp: TcpConnection, config: Option<&RdmaConfig>) -> Result<A
             return Ok(Accepted::Tcp { sender, receiver, first: None, reason: Some(reason) });
         }
     };
-    if theirs.buffer_size as usize != buffer_size(config) as usize {
-        let reason = format!("buffer sizes differ (client {}, server {})", theirs.buffer_size, buffer_size(config));
+    let ours = Offer::new(&setup, config);
+    if let Some(mismatch) = ours.mismatch(&theirs) {
+        let reason = format!("the client's settings do not match: {mismatch}");
         sender.send(encode(REFUSE, None, &reason)).await?;
         return Ok(Accepted::Tcp { sender, receiver, first: None, reason: Some(reason) });
     }
-    let ours =
-        Offer { endpoint: setup.endpoint(), recv_buffers: config.recv_buffers, buffer_size: buffer_size(config) };
-    let connection = setup.finish(&theirs.endpoint, theirs.recv_buffers, peer)?;
+    let connection = setup.finish(&theirs.endpoint, theirs.recv_buffers, &theirs.large, peer)?;
     sender.send(encode(ACCEPT, Some(&ours), "")).await?;
     let ready = recv(&mut receiver, "the client's confirmation").await?;
     if kind_of(&ready) != Some(READY) {
@@ -192,27 +254,38 @@ pub async fn accept(tcp: TcpConnection, config: Option<&RdmaConfig>) -> Result<A
     Ok(Accepted::Rdma(connection.attach(sender, receiver)))
 }
 
-fn buffer_size(config: &RdmaConfig) -> u32 {
-    u32::try_from(config.buffer_size).unwrap_or(u32::MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn offers_round_trip_and_frames_are_not_handshakes() {
+        let large = vec![
+            Advertised { size: 1 << 20, count: 4, addr: 0x7f00_0000_1000, rkey: 0x1234 },
+            Advertised { size: (16 << 20) + 4096, count: 2, addr: 0x7f00_1000_0000, rkey: 0x5678 },
+        ];
         let offer = Offer {
             endpoint: QpEndpoint { qpn: 0x11, psn: 0x22, gid: [7; 16], mtu: 1024 },
             recv_buffers: 64,
             buffer_size: 131_072,
+            large,
         };
         let message = encode(HELLO, Some(&offer), "").freeze();
         assert_eq!(kind_of(&message), Some(HELLO));
         let back = decode_offer(&message).expect("decodes");
         assert_eq!(back.endpoint, offer.endpoint);
         assert_eq!((back.recv_buffers, back.buffer_size), (64, 131_072));
+        assert_eq!(back.large, offer.large);
+        assert_eq!(offer.mismatch(&back), None);
+        let mut fewer = back.clone();
+        fewer.large.pop();
+        assert!(offer.mismatch(&fewer).is_some_and(|m| m.contains("large classes")));
+        let truncated = message.slice(..message.len() - 1);
+        assert!(matches!(decode_offer(&truncated), Err(RdmaError::Handshake(_))));
         assert_eq!(kind_of(&[1, 3, 0, 0]), None, "an rdma-rpc frame starts with version 1");
-        assert!(decode_offer(&Bytes::from_static(b"RDMARPC\x01short")).is_err());
+        assert!(decode_offer(&Bytes::from_static(b"RDMARPC\x01\x02short")).is_err());
+        // Version 1 (no version byte: the qpn's high byte, 0, stands there) is refused by name.
+        let old = Bytes::from_static(b"RDMARPC\x01\x00\x00\x00\x11rest");
+        assert!(matches!(decode_offer(&old), Err(RdmaError::PeerRefused { reason }) if reason.contains("version 0")));
     }
 }

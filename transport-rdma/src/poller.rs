@@ -6,7 +6,8 @@
 //! sleeps on the non-blocking completion-channel fd through `AsyncFd` — or on a receive buffer
 //! coming back, which it re-posts. `PollMode::BusyPoll` never sleeps. Receive buffers are re-posted
 //! in batches, and credit is returned piggybacked on sends or, when enough piles up, in a
-//! zero-length message that uses the credit kept for it.
+//! zero-length message that uses the credit kept for it. Large buffers the application dropped
+//! are lent to the peer again, one zero-length SEND each (`large.rs`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +17,8 @@ use rdma_rpc_transport_tcp::TcpReceiver;
 use tokio::sync::mpsc;
 
 use crate::connection::{Inner, lock};
-use crate::verbs::{Completion, CompletionQueue, Reaped, SendRequest};
+use crate::large::Imm;
+use crate::verbs::{Completion, CompletionQueue, Reaped, SendRequest, Slot};
 use crate::{PollMode, RdmaError};
 
 type Incoming = mpsc::UnboundedSender<Result<Bytes, RdmaError>>;
@@ -97,16 +99,10 @@ fn step(
     let reaped = cq.poll(completions)?;
     for completion in completions.iter() {
         let outcome = lock(&inner.qp).reap(completion)?;
-        match outcome {
-            Reaped::Received { slot, imm } => {
-                if imm > 0 {
-                    lock(&inner.credits).available += imm;
-                }
-                if slot.len() > 0 {
-                    let _ = incoming.send(Ok(deliver(inner, slot)));
-                }
-            }
-            Reaped::Sent => {}
+        if let Reaped::Received { slot, imm, byte_len } = outcome
+            && let Some(message) = received(inner, slot, imm, byte_len)?
+        {
+            let _ = incoming.send(Ok(message));
         }
     }
     if reaped > 0 {
@@ -114,6 +110,35 @@ fn step(
     }
     let reposted = repost(inner)?;
     Ok(reaped > 0 || reposted)
+}
+
+/// What a receive completion means (by its immediate): credit and maybe a message in the slot,
+/// a message in a large buffer, or a large buffer of the peer's handed back. Errors are protocol
+/// violations by the peer.
+fn received(inner: &Inner, slot: Slot, imm: u32, byte_len: u32) -> Result<Option<Bytes>, RdmaError> {
+    match Imm::decode(imm) {
+        Imm::Credit(count) => {
+            if count > 0 {
+                lock(&inner.credits).available += count;
+            }
+            Ok((slot.len() > 0).then(|| deliver(inner, slot)))
+        }
+        Imm::Written { class, index } => {
+            drop(slot); // a WRITE-with-immediate consumed the receive but wrote nothing into it
+            let mut large = lock(&inner.large_recv);
+            let buffer = large.take_written(class, index, byte_len)?;
+            // As for slots: never let the application hold every buffer of a class.
+            if large.must_copy(class) {
+                return Ok(Some(Bytes::copy_from_slice(buffer.filled())));
+            }
+            Ok(Some(Bytes::from_owner(buffer)))
+        }
+        Imm::Returned { class, index } => {
+            drop(slot);
+            lock(&inner.credits).remote.give_back(class, index)?;
+            Ok(None)
+        }
+    }
 }
 
 /// Hands a received message up. Normally the `Bytes` are the registered buffer itself (the
@@ -131,15 +156,38 @@ fn deliver(inner: &Inner, slot: crate::verbs::Slot) -> Bytes {
     }
 }
 
-/// Re-posts returned receive buffers, then returns credit if the peer needs it.
+/// Re-posts returned receive buffers, lends dropped large buffers to the peer again, then returns
+/// credit if the peer needs it.
 fn repost(inner: &Inner) -> Result<bool, RdmaError> {
     let free = inner.recv_region.take_all();
-    let reposted = !free.is_empty();
+    let mut reposted = !free.is_empty();
     let mut qp = lock(&inner.qp);
     if reposted {
         let count = free.len() as u32;
         qp.post_recv(free)?;
         lock(&inner.credits).owed += count;
+    }
+    let room = |qp: &crate::verbs::RcQueuePair| {
+        (qp.sends_in_flight() as u32) < inner.config.send_buffers + inner.config.large_buffers() + 4
+    };
+    {
+        let mut large = lock(&inner.large_recv);
+        large.relend_freed();
+        let mut credits = lock(&inner.credits);
+        // Each announcement uses a credit; the last one stays for credit-only messages.
+        let mut returns = Vec::new();
+        while credits.available >= 2 && room(&qp) {
+            let Some((class, index)) = large.next_unannounced() else { break };
+            credits.available -= 1;
+            credits.posted += 1;
+            let imm = Imm::Returned { class, index }.encode();
+            returns.push(SendRequest { slot: None, imm, signaled: true, remote: None });
+        }
+        if !returns.is_empty() {
+            drop(credits);
+            qp.post_send(returns)?;
+            reposted = true;
+        }
     }
     // Credit the peer can use now: what is posted minus what it has not been told about. When
     // that is down to the one kept for control, or half the window is owed, say so now in a
@@ -148,12 +196,11 @@ fn repost(inner: &Inner) -> Result<bool, RdmaError> {
     let mut credits = lock(&inner.credits);
     let peer_available = (qp.recvs_posted() as u32).saturating_sub(credits.owed);
     let threshold = (inner.config.recv_buffers / 2).max(1);
-    let room = (qp.sends_in_flight() as u32) < inner.config.send_buffers + 4;
-    if credits.owed > 0 && credits.available >= 1 && room && (credits.owed >= threshold || peer_available <= 1) {
-        let imm = std::mem::take(&mut credits.owed);
+    if credits.owed > 0 && credits.available >= 1 && room(&qp) && (credits.owed >= threshold || peer_available <= 1) {
+        let imm = Imm::Credit(std::mem::take(&mut credits.owed)).encode();
         credits.available -= 1;
         credits.posted += 1;
-        qp.post_send(vec![SendRequest { slot: None, imm, signaled: true }])?;
+        qp.post_send(vec![SendRequest { slot: None, imm, signaled: true, remote: None }])?;
         return Ok(true);
     }
     Ok(reposted)
@@ -177,10 +224,11 @@ async fn drain_after_close(
     completions.clear();
     if cq.poll(completions).is_ok() {
         for completion in completions.iter() {
-            if let Ok(Reaped::Received { slot, .. }) = lock(&inner.qp).reap(completion)
-                && slot.len() > 0
+            let reaped = lock(&inner.qp).reap(completion);
+            if let Ok(Reaped::Received { slot, imm, byte_len }) = reaped
+                && let Ok(Some(message)) = received(inner, slot, imm, byte_len)
             {
-                let _ = incoming.send(Ok(Bytes::from_owner(slot)));
+                let _ = incoming.send(Ok(message));
             }
         }
     }

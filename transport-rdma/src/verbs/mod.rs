@@ -2,9 +2,10 @@
 //! their parents alive (sideway holds `Arc`s to parents; our own types hold the rest).
 //!
 //! - `device.rs`: finding the device, port and GID for an address; the locked-memory limit.
-//! - `region.rs`: registered memory split into fixed-size slots, and the writer prost encodes into.
+//! - `region.rs`: registered memory split into fixed-size slots (local, or remote-writable for the
+//!   large receive buffers), and the writer prost encodes into.
 //! - `cq.rs`: the completion queue and its completion channel (poll, arm, events).
-//! - `qp.rs`: the reliable-connected queue pair: state transitions, batched posting.
+//! - `qp.rs`: the reliable-connected queue pair: state transitions, batched SEND / WRITE posting.
 //!
 //! sideway loads libibverbs at run time, so a binary built with this crate starts on hosts without
 //! rdma-core and reports RDMA as unavailable there.
@@ -18,7 +19,7 @@ mod region;
 
 pub(crate) use cq::{Completion, CompletionQueue};
 pub use device::{DeviceSummary, GidSummary, PortSummary, list_devices};
-pub(crate) use device::{OpenDevice, open_for_address};
-pub(crate) use qp::{QpEndpoint, RcQueuePair, Reaped, SendRequest};
+pub(crate) use device::{OpenDevice, check_memlock, open_for_address};
+pub(crate) use qp::{QpEndpoint, RcQueuePair, Reaped, RemoteTarget, SendRequest};
 pub use region::SlotWriter;
-pub(crate) use region::{Region, Slot};
+pub(crate) use region::{Access, Region, Slot};

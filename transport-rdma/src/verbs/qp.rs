@@ -1,6 +1,7 @@
 //! The reliable-connected queue pair of one connection, and the ownership of what is posted to it:
 //! a `Slot` posted for receive or send moves into this wrapper's tables and comes back out only when
 //! its completion is reaped, so a dropped future can never free memory the NIC still uses.
+//! Sends are SEND-with-immediate, or RDMA WRITE-with-immediate into a large buffer the peer lent us.
 
 use std::collections::VecDeque;
 
@@ -8,8 +9,8 @@ use sideway::ibverbs::AccessFlags;
 use sideway::ibverbs::address::{AddressHandleAttribute, Gid};
 use sideway::ibverbs::device_context::Mtu;
 use sideway::ibverbs::queue_pair::{
-    BasicQueuePair, PostSendGuard as _, QueuePair as _, QueuePairAttribute, QueuePairState, SetScatterGatherEntry as _,
-    WorkRequestFlags,
+    BasicQueuePair, PostSendGuard as _, QueuePair as _, QueuePairAttribute, QueuePairAttributeMask, QueuePairState,
+    SetScatterGatherEntry as _, WorkRequestFlags,
 };
 
 use super::cq::{Completion, CompletionQueue};
@@ -29,19 +30,30 @@ pub(crate) struct QpEndpoint {
     pub(crate) mtu: u32,
 }
 
-/// One send: a filled slot (or none, for a credit-only message) and the immediate value.
+/// Where an RDMA WRITE goes: a buffer of the peer's, registered with remote write access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RemoteTarget {
+    pub(crate) addr: u64,
+    pub(crate) rkey: u32,
+}
+
+/// One send: a filled slot (or none, for a credit-only message) and the immediate value; with a
+/// `remote` target it is a WRITE-with-immediate there instead of a SEND.
 #[derive(Debug)]
 pub(crate) struct SendRequest {
     pub(crate) slot: Option<Slot>,
     pub(crate) imm: u32,
     pub(crate) signaled: bool,
+    pub(crate) remote: Option<RemoteTarget>,
 }
 
 /// What a reaped completion gave back.
 #[derive(Debug)]
 pub(crate) enum Reaped {
     /// A received message (its slot, with the length the NIC wrote) and the peer's immediate.
-    Received { slot: Slot, imm: u32 },
+    /// `byte_len` is the completion's own count: for a WRITE-with-immediate it is the length
+    /// written into the large buffer, and nothing was written into `slot`.
+    Received { slot: Slot, imm: u32, byte_len: u32 },
     /// Sends completed; their slots went back to the pool.
     Sent,
 }
@@ -93,9 +105,17 @@ impl RcQueuePair {
         attr.setup_state(QueuePairState::Init)
             .setup_pkey_index(0)
             .setup_port(device.port)
-            // No remote read/write/atomic on this QP: only SENDs come in.
-            .setup_access_flags(AccessFlags::LocalWrite);
+            // Remote write for the peer's WRITEs into the large receive buffers; every other
+            // region is registered without it, so that is all the peer can reach. No read/atomic.
+            .setup_access_flags(AccessFlags::LocalWrite | AccessFlags::RemoteWrite);
         qp.modify(&attr).map_err(|e| RdmaError::verbs("modify QP to INIT", std::io::Error::other(e)))?;
+        // What the device granted, which may differ from what was asked (a query failure means
+        // no inline sends: always correct, just slower).
+        let max_inline = if max_inline == 0 {
+            0
+        } else {
+            qp.query(QueuePairAttributeMask::Capabilities).map_or(0, |(_, init)| init.max_inline_data().min(max_inline))
+        };
         Ok(RcQueuePair {
             qp,
             recv_posted: (0..recv_depth).map(|_| None).collect(),
@@ -111,6 +131,11 @@ impl RcQueuePair {
     /// This side's connection details.
     pub(crate) fn endpoint(&self, device: &OpenDevice, psn: u32) -> QpEndpoint {
         QpEndpoint { qpn: self.qp.qp_number(), psn, gid: device.gid.raw, mtu: super::device::mtu_bytes(device.mtu) }
+    }
+
+    /// Largest message sent inline (what the device granted of `RdmaConfig::max_inline`).
+    pub(crate) fn max_inline(&self) -> u32 {
+        self.max_inline
     }
 
     /// The QP number, for errors and logs.
@@ -189,7 +214,11 @@ impl RcQueuePair {
                 // The device copies the bytes at post time (where it supports inline at all).
                 flags |= WorkRequestFlags::Inline;
             }
-            let handle = guard.construct_wr(first + i as u64, flags).setup_send_imm(request.imm.to_be());
+            let handle = guard.construct_wr(first + i as u64, flags);
+            let handle = match request.remote {
+                Some(target) => handle.setup_write_imm(target.rkey, target.addr, request.imm.to_be()),
+                None => handle.setup_send_imm(request.imm.to_be()),
+            };
             if let Some(slot) = &request.slot {
                 let len = u32::try_from(slot.len()).unwrap_or(u32::MAX);
                 // SAFETY: the slot is registered under `lkey`, filled to `len`, and moves into
@@ -229,7 +258,7 @@ impl RcQueuePair {
             match slot {
                 Some(mut slot) if completion.ok() => {
                     slot.set_len(completion.byte_len as usize);
-                    Reaped::Received { slot, imm: completion.imm }
+                    Reaped::Received { slot, imm: completion.imm, byte_len: completion.byte_len }
                 }
                 _ => Reaped::Sent, // a flushed receive: its slot (if any) is dropped back to the pool
             }

@@ -2,6 +2,10 @@
 //! fixed-size slots. A [`Slot`] is the exclusive handle of one slot; dropping it returns the slot
 //! to its pool. While a slot is posted to the NIC its `Slot` lives inside the queue pair's tables
 //! (`qp.rs`), so no other code can reach the memory until the completion is reaped.
+//!
+//! Slots for SENDs and posted receives get local access only. The large receive buffers (see
+//! `large.rs`) are the one kind registered with remote write access: their address and key go to
+//! the peer, and a buffer is the peer's to write only while its `Slot` sits in the lent table.
 
 use std::alloc::Layout;
 use std::ptr::NonNull;
@@ -16,6 +20,15 @@ use tokio::sync::Notify;
 
 use crate::RdmaError;
 
+/// Who may access a region's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// This host only (send slots, posted receives, large send buffers).
+    Local,
+    /// This host, and the peer by RDMA WRITE with the region's rkey (large receive buffers).
+    RemoteWrite,
+}
+
 /// Registered memory split into `slots` slots of `slot_size` bytes, with a free list.
 pub(crate) struct Region {
     /// Deregistered first in `Drop`, before the memory is freed.
@@ -24,8 +37,11 @@ pub(crate) struct Region {
     layout: Layout,
     slot_size: usize,
     lkey: u32,
+    rkey: u32,
     free: ArrayQueue<u32>,
-    freed: Notify,
+    freed: Arc<Notify>,
+    /// Whether a returned slot wakes every waiter of `take`, not just one (see `with_mixed_waiters`).
+    wake_all: bool,
 }
 
 // SAFETY: the memory behind `base` is only reached through `Slot`s, each of which is the unique
@@ -36,8 +52,37 @@ unsafe impl Send for Region {}
 unsafe impl Sync for Region {}
 
 impl Region {
-    /// Allocates and registers `slots * slot_size` bytes.
+    /// Allocates and registers `slots * slot_size` bytes for local access only.
     pub(crate) fn new(pd: &Arc<ProtectionDomain>, slot_size: usize, slots: u32) -> Result<Arc<Region>, RdmaError> {
+        Region::with_access(pd, slot_size, slots, Access::Local, Arc::new(Notify::new()))
+    }
+
+    /// Like `new`, for a region whose `take` waiters keep different reserves (the large send
+    /// buffers: the application keeps one back, the sender's join does not). One wake-up could
+    /// reach a waiter whose reserve forbids taking and be lost to the one that could, so every
+    /// returned slot wakes them all.
+    pub(crate) fn with_mixed_waiters(
+        pd: &Arc<ProtectionDomain>,
+        slot_size: usize,
+        slots: u32,
+    ) -> Result<Arc<Region>, RdmaError> {
+        let mut region = Region::with_access(pd, slot_size, slots, Access::Local, Arc::new(Notify::new()))?;
+        // A region just made has no other owner, so this always applies.
+        if let Some(region) = Arc::get_mut(&mut region) {
+            region.wake_all = true;
+        }
+        Ok(region)
+    }
+
+    /// Allocates and registers `slots * slot_size` bytes with `access`; `freed` is notified
+    /// (one permit) whenever a slot comes back, so one waiter can watch several regions.
+    pub(crate) fn with_access(
+        pd: &Arc<ProtectionDomain>,
+        slot_size: usize,
+        slots: u32,
+        access: Access,
+        freed: Arc<Notify>,
+    ) -> Result<Arc<Region>, RdmaError> {
         let total = slot_size
             .checked_mul(slots as usize)
             .filter(|&t| t > 0)
@@ -48,9 +93,12 @@ impl Region {
         // SAFETY: the layout has a non-zero size (checked above).
         let raw = unsafe { std::alloc::alloc_zeroed(layout) };
         let base = NonNull::new(raw).ok_or_else(|| RdmaError::Handshake(format!("out of memory for {total} bytes")))?;
-        // Local access only: the data path is two-sided (SEND/RECV) and no rkey ever leaves this
-        // host, so a peer gets no way to read or write this memory on its own.
-        let access = AccessFlags::LocalWrite;
+        // Local access unless asked: only the large receive buffers' rkey ever leaves this host,
+        // so a peer gets no way to read or write any other memory on its own.
+        let access = match access {
+            Access::Local => AccessFlags::LocalWrite,
+            Access::RemoteWrite => AccessFlags::LocalWrite | AccessFlags::RemoteWrite,
+        };
         // SAFETY: `base..base+total` is a live allocation owned by this Region, which frees it only
         // after deregistering the MR (Drop below), and never moves it.
         let mr = match unsafe { pd.reg_mr(base.as_ptr() as usize, total, access) } {
@@ -65,7 +113,18 @@ impl Region {
         for i in 0..slots {
             let _ = free.push(i);
         }
-        Ok(Arc::new(Region { lkey: mr.lkey(), mr: Some(mr), base, layout, slot_size, free, freed: Notify::new() }))
+        let (lkey, rkey) = (mr.lkey(), mr.rkey());
+        Ok(Arc::new(Region { lkey, rkey, mr: Some(mr), base, layout, slot_size, free, freed, wake_all: false }))
+    }
+
+    /// The address of slot 0, as the peer addresses it in RDMA WRITEs.
+    pub(crate) fn base_addr(&self) -> u64 {
+        self.base.as_ptr() as u64
+    }
+
+    /// The remote key (meaningful to the peer only for `Access::RemoteWrite` regions).
+    pub(crate) fn rkey(&self) -> u32 {
+        self.rkey
     }
 
     /// Slots free now.
@@ -192,6 +251,9 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         let _ = self.region.free.push(self.index);
+        if self.region.wake_all {
+            self.region.freed.notify_waiters();
+        }
         self.region.freed.notify_one();
     }
 }
@@ -229,6 +291,11 @@ impl SlotWriter {
         if len < self.slot.len {
             self.slot.len = len;
         }
+    }
+
+    /// The bytes written.
+    pub fn written(&self) -> &[u8] {
+        self.slot.filled()
     }
 
     /// The bytes written, to back-patch a header.

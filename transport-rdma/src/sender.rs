@@ -1,0 +1,232 @@
+//! The sending side of a connection: [`RdmaAlloc`] hands out registered send buffers (a slot, or
+//! a large buffer of the smallest class that fits), [`RdmaSender`] posts them in order, batched
+//! with one doorbell per flush and selectively signaled, within the peer's credit. A message that
+//! fits a slot goes as a SEND; a larger one as an RDMA WRITE-with-immediate into a large buffer
+//! the peer lent (`large.rs`), and waits while the peer has none of its class free.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes};
+use rdma_rpc_transport_tcp::TcpSender;
+
+use crate::RdmaError;
+use crate::connection::{Inner, lock};
+use crate::verbs::{Region, SendRequest, SlotWriter};
+
+/// Signal at least every this many sends, so unsignaled slots come back in time.
+const SIGNAL_EVERY: u64 = 16;
+
+/// Send slots kept for control frames and headers: application data waits once only this many
+/// are free.
+const CONTROL_RESERVE: usize = 4;
+
+/// Large buffers of each class kept for joining a header and a payload at flush time (when every
+/// other buffer of the class could be queued behind that message, waiting without one would wait
+/// forever).
+const JOIN_RESERVE: usize = 1;
+
+/// Hands out registered send buffers; waits when all are in flight.
+#[derive(Clone)]
+pub struct RdmaAlloc {
+    slots: Arc<Region>,
+    large: Vec<Arc<Region>>,
+}
+
+impl RdmaAlloc {
+    pub(crate) fn new(inner: &Inner) -> Self {
+        RdmaAlloc { slots: inner.send_region.clone(), large: inner.large_send.clone() }
+    }
+
+    /// A registered buffer with room for `capacity` bytes, for application data: waits while all
+    /// but the reserve of its kind are in use.
+    pub async fn alloc(&self, capacity: usize) -> Result<SlotWriter, RdmaError> {
+        let (region, reserve) = self.region_for(capacity)?;
+        Ok(SlotWriter::new(region.take(reserve).await))
+    }
+
+    /// A registered buffer now (a slot: reserve included), or `None` when every buffer is in use.
+    pub fn try_alloc(&self, capacity: usize) -> Option<Result<SlotWriter, RdmaError>> {
+        let (region, reserve) = match self.region_for(capacity) {
+            Ok(found) => found,
+            Err(err) => return Some(Err(err)),
+        };
+        let reserve = if Arc::ptr_eq(region, &self.slots) { 0 } else { reserve };
+        (region.free_count() > reserve).then(|| region.try_take()).flatten().map(|slot| Ok(SlotWriter::new(slot)))
+    }
+
+    /// The region for `capacity` bytes and how many of its buffers application data leaves free.
+    fn region_for(&self, capacity: usize) -> Result<(&Arc<Region>, usize), RdmaError> {
+        if capacity <= self.slots.slot_size() {
+            return Ok((&self.slots, CONTROL_RESERVE.min(self.slots.slots().saturating_sub(1) as usize)));
+        }
+        let region = self.large.iter().find(|r| r.slot_size() >= capacity).ok_or_else(|| RdmaError::TooLarge {
+            len: capacity,
+            max: self.large.iter().map(|r| r.slot_size()).fold(self.slots.slot_size(), usize::max),
+        })?;
+        Ok((region, JOIN_RESERVE.min(region.slots().saturating_sub(1) as usize)))
+    }
+}
+
+/// A message waiting in the send queue.
+enum Queued {
+    /// Encoded in a registered buffer.
+    Ready(SlotWriter),
+    /// A header and a payload too large for the header's slot: joined into a large buffer when
+    /// it reaches the front of the queue (feeding cannot wait for a buffer).
+    Joined { head: SlotWriter, payload: Bytes },
+}
+
+/// The sending half.
+pub struct RdmaSender {
+    inner: Arc<Inner>,
+    tcp: TcpSender,
+    queue: VecDeque<Queued>,
+}
+
+impl RdmaSender {
+    pub(crate) fn new(inner: Arc<Inner>, tcp: TcpSender) -> Self {
+        RdmaSender { inner, tcp, queue: VecDeque::new() }
+    }
+
+    /// Queues a message; no IO until `flush`.
+    pub fn feed(&mut self, buf: SlotWriter) -> Result<(), RdmaError> {
+        if let Some(reason) = self.inner.closed_reason() {
+            return Err(RdmaError::Closed(reason));
+        }
+        self.queue.push_back(Queued::Ready(buf));
+        Ok(())
+    }
+
+    /// Queues `head` followed by `payload`: the payload is copied into registered memory (it is
+    /// not registered itself): into the head's slot when it fits, else into a large buffer.
+    pub fn feed_with_payload(&mut self, mut head: SlotWriter, payload: Bytes) -> Result<(), RdmaError> {
+        let total = head.len() + payload.len();
+        if total <= head.len() + head.remaining_mut() {
+            head.put_slice(&payload);
+            return self.feed(head);
+        }
+        let max = self.inner.config.max_message_size();
+        if total > max {
+            return Err(RdmaError::TooLarge { len: total, max });
+        }
+        if let Some(reason) = self.inner.closed_reason() {
+            return Err(RdmaError::Closed(reason));
+        }
+        self.queue.push_back(Queued::Joined { head, payload });
+        Ok(())
+    }
+
+    /// Posts everything queued, in order, in batches as the peer's credit and large buffers
+    /// allow.
+    pub async fn flush(&mut self) -> Result<(), RdmaError> {
+        while let Some(front) = self.queue.pop_front() {
+            let ready = match front {
+                Queued::Ready(buf) => buf,
+                Queued::Joined { head, payload } => self.join(head, payload).await?,
+            };
+            self.queue.push_front(Queued::Ready(ready));
+            let requests = self.reserve().await?;
+            if let Err(err) = lock(&self.inner.qp).post_send(requests) {
+                self.inner.close(err.to_string());
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies a header and its payload into one large buffer (the last resort of `feed`).
+    async fn join(&self, head: SlotWriter, payload: Bytes) -> Result<SlotWriter, RdmaError> {
+        let total = head.len() + payload.len();
+        let region = self.inner.large_send.iter().find(|r| r.slot_size() >= total);
+        let region = region.ok_or(RdmaError::TooLarge { len: total, max: self.inner.config.max_message_size() })?;
+        let mut joined = SlotWriter::new(region.take(0).await);
+        joined.put_slice(head.written());
+        joined.put_slice(&payload);
+        Ok(joined)
+    }
+
+    /// Waits for credit (and large buffers), then takes the longest run of ready messages at the
+    /// front of the queue they allow, as work requests.
+    async fn reserve(&mut self) -> Result<Vec<SendRequest>, RdmaError> {
+        let slot_size = self.inner.send_region.slot_size();
+        loop {
+            let notified = self.inner.credit_changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(reason) = self.inner.closed_reason() {
+                return Err(RdmaError::Closed(reason));
+            }
+            {
+                let mut credits = lock(&self.inner.credits);
+                // One credit stays for credit-only messages.
+                let limit = (credits.available as usize).saturating_sub(1);
+                let mut batch = Vec::new();
+                while batch.len() < limit {
+                    let Some(Queued::Ready(buf)) = self.queue.front() else { break };
+                    let remote = if buf.len() > slot_size {
+                        let Some(target) = credits.remote.take(buf.len()) else { break };
+                        Some(target)
+                    } else {
+                        None
+                    };
+                    if let Some(Queued::Ready(buf)) = self.queue.pop_front() {
+                        batch.push((buf, remote));
+                    }
+                }
+                if !batch.is_empty() {
+                    let count = batch.len();
+                    credits.available -= count as u32;
+                    let first = credits.posted;
+                    credits.posted += count as u64;
+                    // The first SEND of the batch announces the receives re-posted (a WRITE's
+                    // immediate names its buffer instead).
+                    let announcer = batch.iter().position(|(_, remote)| remote.is_none());
+                    let owed = if announcer.is_some() { std::mem::take(&mut credits.owed) } else { 0 };
+                    let requests = batch
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, (buf, remote))| {
+                            let seq = first + i as u64;
+                            SendRequest {
+                                signaled: i + 1 == count || seq % SIGNAL_EVERY == SIGNAL_EVERY - 1 || remote.is_some(),
+                                imm: remote.map_or(if Some(i) == announcer { owed } else { 0 }, |(_, imm)| imm),
+                                remote: remote.map(|(target, _)| target),
+                                slot: Some(buf.slot),
+                            }
+                        })
+                        .collect();
+                    return Ok(requests);
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Flushes, waits until every send completed, then closes the TCP control connection (the
+    /// peer sees the end there).
+    pub async fn close(&mut self) -> Result<(), RdmaError> {
+        let flushed = self.flush().await;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let notified = self.inner.credit_changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if lock(&self.inner.qp).sends_in_flight() == 0 || self.inner.closed_reason().is_some() {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break;
+            }
+        }
+        let _ = self.tcp.shutdown().await;
+        self.inner.close("closed locally".into());
+        flushed
+    }
+}
+
+impl Drop for RdmaSender {
+    fn drop(&mut self) {
+        self.inner.close("closed locally".into());
+    }
+}
