@@ -115,8 +115,8 @@ pub struct SendFlags {
     pub bwlimit: Option<u64>,
 
     /// KiB of stream data per chunk (each with its own CRC32C); capped by the connection's
-    /// message size. Example: `--chunk-kib 512`.
-    #[arg(long, value_name = "KIB", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(4..=16384))]
+    /// message size. The default fits RDMA's 1 MiB buffers. Example: `--chunk-kib 512`.
+    #[arg(long, value_name = "KIB", default_value_t = 1020, value_parser = clap::value_parser!(u64).range(4..=16384))]
     pub chunk_kib: u64,
 
     /// Fail on an rdma:// URL instead of falling back to TCP.

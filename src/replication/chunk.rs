@@ -20,8 +20,9 @@ use bytes::Bytes;
 use super::error::{ReplicationError, Result};
 use crate::pb::replication::{StreamChunk, StreamEnd};
 
-/// Default bytes of stream data per chunk (zrepl uses 512 KiB frames).
-pub const DEFAULT_CHUNK_SIZE: usize = 1 << 20;
+/// Default bytes of stream data per chunk (zrepl uses 512 KiB frames): 1 MiB less 4 KiB, so that
+/// a chunk with its framing fits the RDMA transport's 1 MiB large-buffer class.
+pub const DEFAULT_CHUNK_SIZE: usize = (1 << 20) - 4096;
 /// Largest chunk accepted (uncompressed), whatever the sender says.
 pub const MAX_CHUNK_SIZE: usize = 16 << 20;
 /// Encoding overhead around a chunk's data: item key and length, offset field, data key and

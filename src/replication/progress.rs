@@ -3,7 +3,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Shared counters of a transfer; clone-cheap.
@@ -12,11 +12,17 @@ pub struct Progress {
     inner: Arc<Counters>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Counters {
     done: AtomicU64,
     expected: AtomicU64,
-    stop: AtomicBool,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters { done: AtomicU64::new(0), expected: AtomicU64::new(0), stop: tokio::sync::watch::Sender::new(false) }
+    }
 }
 
 /// `1.5 GiB`-style sizes.
@@ -82,13 +88,14 @@ impl Progress {
         let progress = self.clone();
         let tty = std::io::stderr().is_terminal();
         let tick = if tty { Duration::from_millis(250) } else { interval };
+        let mut stop = self.inner.stop.subscribe();
         tokio::spawn(async move {
             let start = Instant::now();
             let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
-            while !progress.inner.stop.load(Ordering::Relaxed) {
-                ticker.tick().await;
-                if progress.inner.stop.load(Ordering::Relaxed) {
-                    break;
+            while !*stop.borrow_and_update() {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    _ = stop.changed() => break,
                 }
                 let line = progress.line(start.elapsed());
                 let mut err = std::io::stderr().lock();
@@ -101,15 +108,24 @@ impl Progress {
         })
     }
 
-    /// Stops the reporter.
+    /// Stops the reporter at once.
     pub fn finish(&self) {
-        self.inner.stop.store(true, Ordering::Relaxed);
+        self.inner.stop.send_replace(true);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn finish_stops_the_reporter_at_once() {
+        let progress = Progress::default();
+        let reporter = progress.report("test".into(), Duration::from_secs(3600));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        progress.finish();
+        tokio::time::timeout(Duration::from_secs(5), reporter).await.expect("stopped").expect("joined");
+    }
 
     #[test]
     fn lines_show_rate_and_eta() {

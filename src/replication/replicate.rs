@@ -13,7 +13,8 @@ use super::plan::{Step, plan_filesystem};
 use super::progress::Progress;
 use super::push::{StepDone, TransferOptions, send_stream};
 use crate::pb::replication::{
-    ListFilesystemReq, ListFilesystemVersionsReq, PingReq, ReplicationClient, ReplicationCursorReq, replication_cursor_res,
+    ListFilesystemReq, ListFilesystemVersionsReq, PingReq, ReplicationClient, ReplicationCursorReq,
+    replication_cursor_res,
 };
 use crate::rpc::{ConnectError, ConnectOptions, Connection, connect};
 use crate::status::{Code, Status};
