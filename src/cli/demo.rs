@@ -163,13 +163,15 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     if report.attempts < 2 || !report.done.iter().any(|d| d.resumed_at > 0) {
         return Err(CliError::Demo("the cut did not interrupt the transfer, or it did not resume".into()));
     }
-    let sent: u64 = report.done.iter().map(|d| d.bytes).sum();
+    let resumed: u64 = report.done.iter().map(|d| d.resumed_at).sum();
     println!(
-        "replicated {} snapshots in {seconds:.1}s over {} connections: {} sent after the planning ({}/s)",
+        "replicated {} snapshots ({}) in {seconds:.1}s over {} connections, cut included: {}/s; the {} received before \
+         the cut were not sent again",
         report.done.len(),
+        human_bytes(generated as f64),
         report.attempts,
-        human_bytes(sent as f64),
-        human_bytes(sent as f64 / seconds),
+        human_bytes(generated as f64 / seconds),
+        human_bytes(resumed as f64),
     );
     let compared = {
         let (source, replica) = (source.clone(), replica.clone());

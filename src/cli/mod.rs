@@ -44,7 +44,9 @@ pub(crate) fn rdma_config(busy_poll: bool) -> crate::transport::rdma::RdmaConfig
 /// Exit codes: 0 success, 1 a failure at run time, 2 a command line that cannot work.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.verbose);
+    // The demo cuts its own connection on purpose: its warnings would only be noise.
+    let quiet = matches!(cli.command, Command::Demo(_)) && cli.verbose == 0;
+    init_tracing(if quiet { None } else { Some(cli.verbose) });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => return report(CliError::Runtime(err)),
@@ -76,13 +78,14 @@ fn report(err: CliError) -> ExitCode {
 }
 
 /// Logs to stderr. `RUST_LOG`, when set, decides the filter; otherwise `-v` does: warnings only,
-/// then info, debug, trace.
-fn init_tracing(verbose: u8) {
+/// then info, debug, trace (`None`: errors only).
+fn init_tracing(verbose: Option<u8>) {
     let level = match verbose {
-        0 => "warn",
-        1 => "info",
-        2 => "debug",
-        _ => "trace",
+        None => "error",
+        Some(0) => "warn",
+        Some(1) => "info",
+        Some(2) => "debug",
+        Some(_) => "trace",
     };
     let filter = match std::env::var("RUST_LOG") {
         Ok(spec) if !spec.trim().is_empty() => EnvFilter::try_new(&spec).unwrap_or_else(|err| {

@@ -27,9 +27,6 @@ impl std::fmt::Display for Step {
             Some(from) => write!(f, "{}@{} -> @{} (incremental)", self.filesystem, from.name, self.to.name)?,
             None => write!(f, "{}@{} (full)", self.filesystem, self.to.name)?,
         }
-        if self.resume_token.is_some() {
-            f.write_str(", resuming")?;
-        }
         Ok(())
     }
 }

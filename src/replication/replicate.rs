@@ -155,7 +155,11 @@ async fn run<T: Transport>(
         estimates.push(estimate);
     }
     if options.dry_run {
-        report.plan = steps.iter().map(ToString::to_string).zip(estimates).collect();
+        let describe = |step: &Step| {
+            let resume = if step.resume_token.is_some() { " (resumes a partial transfer)" } else { "" };
+            format!("{step}{resume}")
+        };
+        report.plan = steps.iter().map(describe).zip(estimates).collect();
         return Ok(());
     }
     for (step, expected) in steps.into_iter().zip(estimates) {
