@@ -56,7 +56,7 @@ fn full_then_incremental_replicas_are_identical() {
 /// progress, and returns the running process.
 fn slow_replicate(src: &LoopBtrfs, url: &str, retry_secs: &str, stderr: Stdio) -> std::process::Child {
     Command::new(BIN)
-        .args(["replicate", &src.spec(), url, "--bwlimit", "6M", "--retry-secs", retry_secs])
+        .args(["replicate", &src.spec(), url, "--bwlimit", "6M", "--retry-secs", retry_secs, "--progress-secs", "1"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr)
@@ -127,5 +127,31 @@ fn a_killed_receiver_is_restarted_and_the_sender_reconnects_and_finishes() {
     let log = std::fs::read_to_string(log.path()).expect("read log");
     assert!(status.success(), "the sender reconnected and finished: {status}\n{log}");
     assert!(log.contains("(retryable)") && log.contains("reconnecting"), "the cut was seen and retried: {log}");
+    assert!(log.contains("MiB/s, ETA "), "periodic progress lines when stderr is not a terminal: {log}");
     assert_eq!(tree_digest(&dst.snaps().join("data@s1")), tree_digest(&s1));
+}
+
+#[test]
+fn a_failing_receive_reports_the_commands_stderr_as_permanent() {
+    if skip_without_btrfs("a_failing_receive_reports_the_commands_stderr_as_permanent") {
+        return;
+    }
+    // A stream that is not a btrfs stream: `btrfs receive` refuses it, and says why.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = rdma_rpc::replication::endpoint::Endpoint::parse(&format!("dir:{}", dir.path().join("src").display()))
+        .expect("store");
+    let version = rdma_rpc::pb::replication::FilesystemVersion { name: "s1".into(), guid: 5, ..Default::default() };
+    let spec =
+        rdma_rpc::replication::endpoint::ReceiveSpec { filesystem: "data".into(), to: version, ..Default::default() };
+    let mut sink = store.receive(&spec).expect("receive");
+    sink.write(&[0x42; 100_000]).expect("write");
+    sink.finish().expect("finish");
+    let dst = LoopBtrfs::new(200);
+    let server = ServeProcess::start(&dst.spec(), 0);
+    let source = format!("dir:{}", dir.path().join("src").display());
+    let (ok, out, err) = rdma_rpc(&["replicate", &source, &server.url()]);
+    assert!(!ok, "{out}");
+    assert!(err.contains("replication failed (permanent)") && err.contains("btrfs receive"), "{err}");
+    assert!(err.contains("ERROR"), "the tail of btrfs receive's stderr travels with the error: {err}");
+    assert!(dst.listing().is_empty(), "nothing left behind: {:?}", dst.listing());
 }
