@@ -39,3 +39,20 @@ fn rdma_replicates_btrfs_snapshots_full_then_incremental() {
     assert!(out.contains("transport: rdma\n") && out.contains("sent data@s1 -> @s2 (incremental)"), "{out}");
     assert_eq!(tree_digest(&dst.snaps().join("data@s2")), tree_digest(&s2));
 }
+
+#[test]
+fn rdma_demo_replicates_over_rdma_cuts_resumes_and_verifies() {
+    if std::env::var("RDMA_TEST_DEVICE").is_err() {
+        eprintln!(
+            "SKIPPED rdma_demo_replicates_over_rdma_cuts_resumes_and_verifies: RDMA_TEST_DEVICE unset (scripts/rxe-test runs it)"
+        );
+        return;
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let work_dir = work.path().to_str().expect("utf-8");
+    let (ok, out, err) = rdma_rpc(&["demo", "--dataset-mib", "64", "--calls", "200", "--work-dir", work_dir]);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("an active RoCE device's address: RDMA"), "{out}");
+    assert!(out.contains("over 2 rdma connections"), "the cut and the resume both ran over RDMA: {out}");
+    assert!(out.contains("verified: the replica's 4 streams equal the source's") && out.contains("demo OK"), "{out}");
+}

@@ -23,8 +23,10 @@ use crate::replication::endpoint::Endpoint;
 use crate::replication::progress::{Progress, human_bytes};
 use crate::replication::replicate::{ReplicateOptions, replicate};
 use crate::replication::service::ReplicationService;
-use crate::rpc::{Client, ConnectOptions, ConnectionConfig, Router, Server};
-use crate::transport::tcp::{TcpConfig, TcpConnection, TcpListener};
+use crate::rpc::{Client, ConnectOptions, Connection, ConnectionConfig, Router, Server, connect};
+use crate::transport::Transport;
+use crate::transport::rdma::RdmaConfig;
+use crate::transport::tcp::{TcpConfig, TcpListener};
 
 const IN_FLIGHT: u64 = 64;
 
@@ -53,7 +55,11 @@ struct RunningServer {
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
-async fn start_server(addr: std::net::SocketAddr, replica: &Path) -> Result<RunningServer, CliError> {
+async fn start_server(
+    addr: std::net::SocketAddr,
+    replica: &Path,
+    rdma: Option<RdmaConfig>,
+) -> Result<RunningServer, CliError> {
     // The port was just released by the previous server; give the kernel a moment if needed.
     let mut tries = 0;
     let listener = loop {
@@ -73,8 +79,9 @@ async fn start_server(addr: std::net::SocketAddr, replica: &Path) -> Result<Runn
     let server = Server::new(router, ConnectionConfig::default());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     // No drain: stopping cuts every connection at once, mid-stream, like a crash of the link.
-    let task = tokio::spawn(server.serve_tcp(
+    let task = tokio::spawn(server.serve(
         listener,
+        rdma,
         async {
             let _ = stopped.await;
         },
@@ -92,9 +99,24 @@ impl RunningServer {
 
 /// Runs the demo and prints its report.
 pub async fn run(args: DemoArgs) -> Result<(), CliError> {
-    let why_tcp = "loopback: 127.0.0.1 has no RDMA device; `rdma-rpc serve --listen rdma://IP:PORT` and `rdma-rpc \
-                   replicate ... rdma://IP:PORT` use RDMA between hosts";
-    println!("rdma-rpc demo: server and client on 127.0.0.1, transport tcp ({why_tcp})");
+    // The best transport available: RDMA through an active RoCE device's own address (the NIC
+    // loops it back), else TCP on 127.0.0.1.
+    let (host, rdma) = match super::devices::active_roce_ipv4() {
+        Some(ip) => {
+            println!(
+                "rdma-rpc demo: server and client on {ip}, an active RoCE device's address: RDMA, TCP as fallback"
+            );
+            (std::net::IpAddr::V4(ip), Some(super::rdma_config(false)))
+        }
+        None => {
+            println!(
+                "rdma-rpc demo: server and client on 127.0.0.1 over TCP (no active RDMA device here; between RDMA \
+                 hosts, `serve --listen rdma://IP:PORT` and `replicate ... rdma://IP:PORT` use RDMA)"
+            );
+            (std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), None)
+        }
+    };
+    let connect_options = ConnectOptions { rdma: rdma.clone(), ..ConnectOptions::default() };
     let work = WorkDir::create(args.work_dir.clone())?;
     let (source, replica) = (work.0.join("source"), work.0.join("replica"));
     let mib = args.dataset_mib;
@@ -116,16 +138,16 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
         started.elapsed().as_secs_f64()
     );
 
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").map_err(fail)?;
+    let probe = std::net::TcpListener::bind((host, 0)).map_err(fail)?;
     let addr = probe.local_addr().map_err(fail)?;
     drop(probe);
-    let server = start_server(addr, &replica).await?;
+    let server = start_server(addr, &replica, rdma.clone()).await?;
 
     let progress = Progress::default();
     let cut_at = demo_dataset::snapshots(mib)[0].1 * 2 / 5;
     let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let chaos = {
-        let (progress, replica, finished) = (progress.clone(), replica.clone(), finished.clone());
+        let (progress, replica, finished, rdma) = (progress.clone(), replica.clone(), finished.clone(), rdma.clone());
         tokio::spawn(async move {
             while progress.done() < cut_at {
                 if finished.load(std::sync::atomic::Ordering::Relaxed) {
@@ -136,7 +158,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
             let at = progress.done();
             server.stop().await?;
             println!("cut: server stopped with {} of @s1 sent; restarting it", human_bytes(at as f64));
-            start_server(addr, &replica).await
+            start_server(addr, &replica, rdma).await
         })
     };
     let options = ReplicateOptions {
@@ -147,7 +169,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     let reporter = progress.report("replicating".into(), Duration::from_secs(2));
     let started = Instant::now();
     let source_endpoint = Arc::new(Endpoint::parse(&format!("dir:{}", source.display()))?);
-    let result = replicate(source_endpoint, &addr.to_string(), &ConnectOptions::default(), &options, &progress).await;
+    let result = replicate(source_endpoint, &addr.to_string(), &connect_options, &options, &progress).await;
     let seconds = started.elapsed().as_secs_f64();
     finished.store(true, std::sync::atomic::Ordering::Relaxed);
     progress.finish();
@@ -165,11 +187,12 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     }
     let resumed: u64 = report.done.iter().map(|d| d.resumed_at).sum();
     println!(
-        "replicated {} snapshots ({}) in {seconds:.1}s over {} connections, cut included: {}/s; the {} received before \
-         the cut were not sent again",
+        "replicated {} snapshots ({}) in {seconds:.1}s over {} {} connections, cut included: {}/s; the {} received \
+         before the cut were not sent again",
         report.done.len(),
         human_bytes(generated as f64),
         report.attempts,
+        report.transport,
         human_bytes(generated as f64 / seconds),
         human_bytes(resumed as f64),
     );
@@ -183,18 +206,25 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
         human_bytes(compared as f64)
     );
 
-    let connection = TcpConnection::connect(addr, TcpConfig::default()).await.map_err(fail)?;
-    let client = Client::connect(connection, ConnectionConfig::default()).await.map_err(fail)?;
-    let echo = EchoClient::new(client.with_timeout(Duration::from_secs(30)));
-    latency(&echo, args.calls).await?;
-    call_rate(&echo, args.calls).await?;
-    client.close().await;
+    match connect(&addr.to_string(), &connect_options).await.map_err(fail)? {
+        Connection::Tcp { client, .. } => echo_figures(client, args.calls).await?,
+        Connection::Rdma(client) => echo_figures(client, args.calls).await?,
+    }
     server.stop().await?;
     println!("demo OK");
     Ok(())
 }
 
-async fn latency(echo: &EchoClient<TcpConnection>, calls: u64) -> Result<(), CliError> {
+/// Latency and call rate of echo calls over `client` (the demo's second part).
+async fn echo_figures<T: Transport>(client: Client<T>, calls: u64) -> Result<(), CliError> {
+    let echo = EchoClient::new(client.with_timeout(Duration::from_secs(30)));
+    latency(&echo, calls).await?;
+    call_rate(&echo, calls).await?;
+    client.close().await;
+    Ok(())
+}
+
+async fn latency<T: Transport>(echo: &EchoClient<T>, calls: u64) -> Result<(), CliError> {
     let payload = Bytes::from(vec![0x5a; 64]);
     let mut histogram = new_histogram();
     let started = Instant::now();
@@ -217,7 +247,7 @@ async fn latency(echo: &EchoClient<TcpConnection>, calls: u64) -> Result<(), Cli
     Ok(())
 }
 
-async fn call_rate(echo: &EchoClient<TcpConnection>, calls: u64) -> Result<(), CliError> {
+async fn call_rate<T: Transport>(echo: &EchoClient<T>, calls: u64) -> Result<(), CliError> {
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for worker in 0..IN_FLIGHT {

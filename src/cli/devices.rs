@@ -206,6 +206,25 @@ fn gids(port: &Path) -> Vec<Gid> {
     gids
 }
 
+/// The IPv4 address of the first active RoCE v2 port, if this host has one: where the demo can
+/// use RDMA (loopback through the device) instead of TCP.
+pub(crate) fn active_roce_ipv4() -> Option<std::net::Ipv4Addr> {
+    let Scan::Devices(devices) = scan(Path::new(SYSFS_ROOT)) else { return None };
+    devices
+        .iter()
+        .flat_map(|device| &device.ports)
+        .filter(|port| port.state.as_deref().is_some_and(|state| state.contains("ACTIVE")))
+        .flat_map(|port| &port.gids)
+        .filter(|gid| gid.kind.as_deref().is_some_and(|kind| kind.contains("v2")))
+        .find_map(|gid| ipv4_of_gid(&gid.gid))
+}
+
+/// The IPv4 address in an IPv4-mapped GID (`0000:…:ffff:0a4d:0001` is 10.77.0.1).
+fn ipv4_of_gid(gid: &str) -> Option<std::net::Ipv4Addr> {
+    let ip: std::net::Ipv6Addr = gid.parse().ok()?;
+    ip.to_ipv4_mapped()
+}
+
 /// The entries of `dir` whose names are numbers (ports, GID indices).
 fn numbered(dir: &Path) -> Vec<(u32, PathBuf)> {
     let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
@@ -250,6 +269,12 @@ mod tests {
         fn drop(&mut self) {
             let _ = fs::remove_dir_all(&self.0);
         }
+    }
+
+    #[test]
+    fn ipv4_mapped_gids_give_addresses() {
+        assert_eq!(ipv4_of_gid("0000:0000:0000:0000:0000:ffff:0a4d:0001"), Some(std::net::Ipv4Addr::new(10, 77, 0, 1)));
+        assert_eq!(ipv4_of_gid("fe80:0000:0000:0000:5054:00ff:fe12:3456"), None);
     }
 
     #[test]
