@@ -132,11 +132,18 @@ fn a_killed_receiver_is_restarted_and_the_sender_reconnects_and_finishes() {
 }
 
 #[test]
-fn a_failing_receive_reports_the_commands_stderr_as_permanent() {
-    if skip_without_btrfs("a_failing_receive_reports_the_commands_stderr_as_permanent") {
+fn a_failing_receive_reports_the_commands_stderr_as_permanent_and_leaves_nothing() {
+    if skip_without_btrfs("a_failing_receive_reports_the_commands_stderr_as_permanent_and_leaves_nothing") {
         return;
     }
-    // A stream that is not a btrfs stream: `btrfs receive` refuses it, and says why.
+    // A real btrfs stream cut in half: `btrfs receive` creates the subvolume, then fails at the
+    // early end and says why; the half-received subvolume must not survive.
+    let src = LoopBtrfs::new(200);
+    let data = src.subvolume("data");
+    write_tree(&data, 31, 8, 256 << 10);
+    let snapshot = src.snapshot("data", "s1");
+    let stream = Command::new("btrfs").args(["send", "-q"]).arg(&snapshot).output().expect("btrfs send").stdout;
+    assert!(stream.len() > 1 << 20, "a real stream: {} bytes", stream.len());
     let dir = tempfile::tempdir().expect("tempdir");
     let store = rdma_rpc::replication::endpoint::Endpoint::parse(&format!("dir:{}", dir.path().join("src").display()))
         .expect("store");
@@ -144,8 +151,9 @@ fn a_failing_receive_reports_the_commands_stderr_as_permanent() {
     let spec =
         rdma_rpc::replication::endpoint::ReceiveSpec { filesystem: "data".into(), to: version, ..Default::default() };
     let mut sink = store.receive(&spec).expect("receive");
-    sink.write(&[0x42; 100_000]).expect("write");
+    sink.write(&stream[..stream.len() / 2]).expect("write");
     sink.finish().expect("finish");
+
     let dst = LoopBtrfs::new(200);
     let server = ServeProcess::start(&dst.spec(), 0);
     let source = format!("dir:{}", dir.path().join("src").display());
@@ -153,5 +161,5 @@ fn a_failing_receive_reports_the_commands_stderr_as_permanent() {
     assert!(!ok, "{out}");
     assert!(err.contains("replication failed (permanent)") && err.contains("btrfs receive"), "{err}");
     assert!(err.contains("ERROR"), "the tail of btrfs receive's stderr travels with the error: {err}");
-    assert!(dst.listing().is_empty(), "nothing left behind: {:?}", dst.listing());
+    assert!(dst.listing().is_empty(), "the half-received subvolume was deleted: {:?}", dst.listing());
 }

@@ -52,6 +52,22 @@ fn push_into_a_sink_then_replicate_the_store_onwards() {
 }
 
 #[test]
+fn push_runs_the_producer_and_a_failing_one_stores_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink = dir.path().join("sink");
+    let server = ServeProcess::start(&format!("dir:{}", sink.display()), 0);
+    let (ok, out, err) = rdma_rpc(&["push", &server.url(), "db@x", "--", "head", "-c", "2000000", "/dev/zero"]);
+    assert!(ok && out.contains("stored db@x: 1.9 MiB"), "{out}{err}");
+    assert_eq!(std::fs::read(sink.join("db/x.stream")).expect("stored").len(), 2_000_000);
+
+    let dying = "head -c 3000000 /dev/zero; echo 'zfs: I/O error' >&2; exit 3";
+    let (ok, out, err) = rdma_rpc(&["push", &server.url(), "db@y", "--", "sh", "-c", dying]);
+    assert!(!ok, "{out}");
+    assert!(err.contains("exit status: 3") && err.contains("I/O error"), "the producer's failure is reported: {err}");
+    assert!(!sink.join("db/y.stream").exists(), "a short stream is never stored as complete");
+}
+
+#[test]
 fn bad_endpoints_and_names_are_explained() {
     let (ok, _, err) = rdma_rpc(&["replicate", "nfs:/x", "tcp://127.0.0.1:9"]);
     assert!(!ok && err.contains("unknown kind: use btrfs:, zfs: or dir:"), "{err}");

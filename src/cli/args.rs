@@ -20,7 +20,7 @@ Examples:
       receive snapshots into a btrfs directory (also zfs:POOL/DATASET, dir:/PATH)
   rdma-rpc replicate btrfs:/mnt/data/snaps rdma://backup1:7878 --dry-run
       show what replication would send (newest common snapshot, incrementals, sizes)
-  btrfs send /mnt/data/snaps/home@monday | rdma-rpc push tcp://backup1:7878 home@monday
+  rdma-rpc push tcp://backup1:7878 home@monday -- btrfs send /mnt/data/snaps/home@monday
       pipe mode: store one stream on a server started with --sink dir:/PATH
   rdma-rpc devices
       list this host's RDMA devices, or say why there are none
@@ -70,10 +70,13 @@ pub enum Command {
     /// filesystems under it) or dir:DIR (a stream store).
     /// Example: `rdma-rpc replicate btrfs:/mnt/data/snaps rdma://backup1:7878 --compress --bwlimit 200M`.
     Replicate(ReplicateArgs),
-    /// Send one stream from stdin (or --input FILE) to a server started with `--sink dir:/PATH`,
-    /// stored as NAME (FS@SNAP). Pipe mode cannot resume: rerun the pipeline.
+    /// Send one stream to a server started with `--sink dir:/PATH`, stored as NAME (FS@SNAP): the
+    /// output of a command given after `--` (run without a shell; its exit status is checked
+    /// before the stream is declared complete), or stdin, or --input FILE. Cannot resume: rerun.
     ///
-    /// Example: `btrfs send /mnt/snaps/home@mon | rdma-rpc push tcp://backup1:7878 home@mon`.
+    /// Example: `rdma-rpc push tcp://backup1:7878 home@mon -- btrfs send /mnt/snaps/home@mon`.
+    /// With stdin (`btrfs send ... | rdma-rpc push URL NAME`) a producer that dies part-way looks
+    /// like a normal end of the stream: prefer the `-- COMMAND` form.
     Push(PushArgs),
     /// Replicate a generated multi-GiB dataset (a full and incremental snapshot streams) between a
     /// server and a client in this process on loopback, cut the connection part-way, resume,
@@ -178,8 +181,12 @@ pub struct PushArgs {
     pub name: String,
 
     /// Read the stream from this file instead of stdin. Example: `--input /tmp/home.stream`.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "command")]
     pub input: Option<std::path::PathBuf>,
+
+    /// The command whose stdout is the stream, after `--`. Example: `-- zfs send tank/db@x`.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 
     /// Sending options.
     #[command(flatten)]

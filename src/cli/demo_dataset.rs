@@ -52,6 +52,7 @@ pub fn generate(root: &Path, total_mib: u64) -> Result<u64> {
             from: previous.clone(),
             resume_offset: 0,
             clear_resume: true,
+            prefix_crc: None,
         };
         let mut sink = store.receive(&spec)?;
         let mut state = guid;

@@ -11,6 +11,7 @@ use crate::pb::replication::{FilesystemVersion, ReplicationClient};
 use crate::replication::endpoint::{Endpoint, SendStream};
 use crate::replication::error::ReplicationError;
 use crate::replication::plan::Step;
+use crate::replication::process::CommandLine;
 use crate::replication::progress::{Progress, human_bytes};
 use crate::replication::push::{TransferOptions, send_stream};
 use crate::replication::replicate::{ReplicateOptions, replicate};
@@ -124,16 +125,21 @@ pub async fn run_push(args: PushArgs) -> Result<(), CliError> {
     })?;
     crate::replication::names::check_filesystem(filesystem)?;
     crate::replication::names::check_snapshot(snapshot)?;
-    let reader: Box<dyn std::io::Read + Send> = match &args.input {
-        Some(path) => Box::new(
-            std::fs::File::open(path)
-                .map_err(|err| ReplicationError::io(format!("opening {}", path.display()), err))?,
-        ),
-        None => Box::new(std::io::stdin()),
+    let (reader, child): (Box<dyn std::io::Read + Send>, _) = match (&args.input, args.command.split_first()) {
+        (_, Some((program, rest))) => {
+            let (child, stdout) = CommandLine::new(program, rest.iter().cloned()).spawn_reader()?;
+            (Box::new(stdout), Some(child))
+        }
+        (Some(path), None) => {
+            let file = std::fs::File::open(path)
+                .map_err(|err| ReplicationError::io(format!("opening {}", path.display()), err))?;
+            (Box::new(file), None)
+        }
+        (None, None) => (Box::new(std::io::stdin()), None),
     };
     let expected = args.input.as_ref().and_then(|path| std::fs::metadata(path).ok()).map_or(0, |m| m.len());
     let step = Step { filesystem: filesystem.into(), from: None, to: piped_version(snapshot), resume_token: None };
-    let stream = SendStream { reader, start_offset: 0, used_token: false, child: None };
+    let stream = SendStream { reader, start_offset: 0, used_token: false, child };
     let options = transfer_options(&args.send, false);
     let progress = Progress::default();
     progress.expect(expected);

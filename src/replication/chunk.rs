@@ -229,14 +229,17 @@ impl ChunkChecker {
             chunk.data
         } else {
             if !self.compression_allowed {
-                return Err(ReplicationError::stream(chunk.offset, "compressed chunk, but no compression was agreed"));
+                return Err(ReplicationError::protocol(format!(
+                    "compressed chunk at offset {}, but no compression was agreed",
+                    chunk.offset
+                )));
             }
             let raw_len = chunk.raw_length as usize;
             if raw_len > MAX_CHUNK_SIZE {
-                return Err(ReplicationError::stream(
-                    chunk.offset,
-                    format!("chunk of {raw_len} bytes exceeds {MAX_CHUNK_SIZE}"),
-                ));
+                return Err(ReplicationError::protocol(format!(
+                    "chunk at offset {} of {raw_len} bytes exceeds {MAX_CHUNK_SIZE}",
+                    chunk.offset
+                )));
             }
             let raw = zstd::bulk::decompress(&chunk.data, raw_len)
                 .map_err(|err| ReplicationError::stream(chunk.offset, format!("zstd: {err}")))?;
@@ -246,7 +249,11 @@ impl ChunkChecker {
             Bytes::from(raw)
         };
         if data.is_empty() || data.len() > MAX_CHUNK_SIZE {
-            return Err(ReplicationError::stream(chunk.offset, format!("chunk of {} bytes", data.len())));
+            return Err(ReplicationError::protocol(format!(
+                "chunk at offset {} of {} bytes",
+                chunk.offset,
+                data.len()
+            )));
         }
         let actual = crc32c::crc32c(&data);
         if actual != chunk.crc32c {

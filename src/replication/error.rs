@@ -55,6 +55,10 @@ pub enum ReplicationError {
         /// What.
         reason: String,
     },
+    /// The peer broke the replication protocol (a bug or a version mismatch, not line noise):
+    /// retrying would fail the same way.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
     /// A child command (`btrfs`, `zfs`) failed.
     #[error("`{command}` failed ({status}){}", stderr_suffix(.stderr_tail))]
     Command {
@@ -66,7 +70,7 @@ pub enum ReplicationError {
         stderr_tail: String,
     },
     /// A local file or pipe failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {source}{}", io_hint(.source))]
     Io {
         /// What was being done.
         context: String,
@@ -79,6 +83,16 @@ pub enum ReplicationError {
     Remote(Status),
 }
 
+fn io_hint(err: &std::io::Error) -> &'static str {
+    match err.kind() {
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+            " (free space on the target, then run replicate again: it resumes)"
+        }
+        std::io::ErrorKind::PermissionDenied => " (run as a user that may write there, e.g. root for btrfs/zfs)",
+        _ => "",
+    }
+}
+
 fn stderr_suffix(tail: &str) -> String {
     if tail.is_empty() { String::new() } else { format!(": {}", tail.trim_end()) }
 }
@@ -87,6 +101,11 @@ impl ReplicationError {
     /// An IO error with what was being done.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         ReplicationError::Io { context: context.into(), source }
+    }
+
+    /// A protocol violation.
+    pub fn protocol(reason: impl Into<String>) -> Self {
+        ReplicationError::Protocol(reason.into())
     }
 
     /// A broken stream at `offset`.
@@ -101,11 +120,13 @@ impl ReplicationError {
             ReplicationError::NotFound(_) => Code::NotFound,
             ReplicationError::Conflict(_) => Code::FailedPrecondition,
             ReplicationError::Checksum { .. } | ReplicationError::Stream { .. } => Code::DataLoss,
+            ReplicationError::Protocol(_) => Code::InvalidArgument,
             ReplicationError::Command { .. } => Code::Internal,
             ReplicationError::Io { source, .. } => match source.kind() {
                 std::io::ErrorKind::NotFound => Code::NotFound,
                 std::io::ErrorKind::PermissionDenied => Code::PermissionDenied,
-                std::io::ErrorKind::StorageFull => Code::ResourceExhausted,
+                // Resending into a full disk cannot help: an operator must free space first.
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => Code::FailedPrecondition,
                 _ => Code::Internal,
             },
             ReplicationError::Remote(status) => status.code,
@@ -168,5 +189,8 @@ mod tests {
         assert!(!cmd.is_retryable());
         assert!(cmd.to_string().ends_with("ERROR: no space"), "{cmd}");
         assert!(ReplicationError::Remote(Status::unavailable("gone")).is_retryable());
+        assert!(!ReplicationError::protocol("a second header").is_retryable());
+        let full = ReplicationError::io("writing", std::io::Error::from(std::io::ErrorKind::StorageFull));
+        assert!(!full.is_retryable() && full.to_string().contains("free space"), "{full}");
     }
 }

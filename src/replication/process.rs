@@ -82,9 +82,8 @@ impl CommandLine {
         command.stdout(Stdio::piped());
         let output = command.output().map_err(|err| self.not_started(err))?;
         if !output.status.success() {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            let tail = &stderr[stderr.len().saturating_sub(STDERR_TAIL)..];
-            return Err(self.failure(output.status.to_string(), tail.to_string()));
+            let tail = &output.stderr[output.stderr.len().saturating_sub(STDERR_TAIL)..];
+            return Err(self.failure(output.status.to_string(), String::from_utf8_lossy(tail).into_owned()));
         }
         String::from_utf8(output.stdout).map_err(|_| self.failure("printed non-UTF-8 output".into(), String::new()))
     }

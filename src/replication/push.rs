@@ -14,6 +14,7 @@ use super::error::{ReplicationError, Result};
 use super::limit::RateLimit;
 use super::plan::Step;
 use super::progress::Progress;
+use super::resume::ByteToken;
 use crate::pb::replication::{ReceiveReq, ReceiveStreamItem, ReplicationClient, StreamEnd, receive_stream_item};
 use crate::rpc::DataBuffer;
 use crate::transport::{SendBuffer, Transport};
@@ -118,6 +119,11 @@ async fn transfer<T: Transport>(
         resume_offset: start_offset,
         compression: if compress { "zstd".into() } else { String::new() },
         expected_size,
+        // The prefix the source proved it regenerates (byte resume); the receiver re-checks it.
+        prefix_crc32c: match step.resume_token.as_deref().and_then(ByteToken::parse) {
+            Some(Ok(token)) if start_offset > 0 && token.offset == start_offset => token.prefix_crc,
+            _ => 0,
+        },
     };
     sender.send(&ReceiveStreamItem { item: Some(receive_stream_item::Item::Header(header)) }).await?;
 
@@ -150,7 +156,10 @@ async fn transfer<T: Transport>(
     drop(state);
     if let Some(child) = child {
         // A failed producer must not end the stream cleanly: cancel the call instead.
-        if let Err(err) = tokio::task::spawn_blocking(move || child.wait()).await.unwrap_or(Ok(())) {
+        let waited = tokio::task::spawn_blocking(move || child.wait()).await.unwrap_or_else(|err| {
+            Err(ReplicationError::stream(offset, format!("waiting for the producer failed: {err}")))
+        });
+        if let Err(err) = waited {
             drop(receiver);
             return Err(err);
         }

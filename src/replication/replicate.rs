@@ -91,6 +91,7 @@ pub async fn replicate(
     let mut counted = HashSet::new();
     loop {
         report.attempts += 1;
+        let steps_before = report.done.len();
         let attempt = match connect(addr, connect_options).await.map_err(connect_error) {
             Ok(Connection::Tcp { client, fallback }) => {
                 report.transport = match fallback {
@@ -105,6 +106,9 @@ pub async fn replicate(
             }
             Err(err) => Err(err),
         };
+        if report.done.len() > steps_before {
+            backoff = options.first_backoff; // progress was made: start the back-off over
+        }
         match attempt {
             Ok(()) => return Ok(report),
             Err(err) if err.is_retryable() && Instant::now() + backoff < deadline => {
@@ -163,26 +167,41 @@ async fn run<T: Transport>(
         return Ok(());
     }
     for (step, expected) in steps.into_iter().zip(estimates) {
-        let spec = spec_of(&step, options);
-        let endpoint = source.clone();
-        let retry_spec = SendSpec { resume_token: None, ..spec.clone() };
-        let stream = match blocking(move || endpoint.send(&spec)).await {
-            Err(ReplicationError::Conflict(why)) if step.resume_token.is_some() => {
-                tracing::warn!(%why, step = %step, "cannot resume this step; sending it from the start");
-                let endpoint = source.clone();
-                blocking(move || endpoint.send(&retry_spec)).await?
+        let done = match send_step(&client, source, &step, expected, compress, options, progress).await {
+            // A resume that cannot work (a stale token, a regenerated stream that differs) is
+            // not worth retrying as it is: send the step from its start instead, once.
+            Err(err) if step.resume_token.is_some() && !err.is_retryable() => {
+                tracing::warn!(%err, step = %step, "cannot resume this step; sending it from the start");
+                eprintln!("cannot resume {step} ({err}); sending it from the start");
+                let fresh = Step { resume_token: None, ..step.clone() };
+                send_step(&client, source, &fresh, expected, compress, options, progress).await?
             }
             other => other?,
         };
-        if stream.start_offset > 0 {
-            eprintln!("resuming {step} at byte {}", stream.start_offset);
-        }
-        let done = send_stream(&client, &step, stream, expected, compress, &options.transfer, progress).await?;
         confirm_cursor(&client, &step).await?;
         report.done.push(done);
     }
     client.inner().close().await;
     Ok(())
+}
+
+/// Opens the source's stream for `step` and sends it.
+async fn send_step<T: Transport>(
+    client: &ReplicationClient<T>,
+    source: &Arc<Endpoint>,
+    step: &Step,
+    expected: u64,
+    compress: bool,
+    options: &ReplicateOptions,
+    progress: &Progress,
+) -> Result<StepDone> {
+    let spec = spec_of(step, options);
+    let endpoint = source.clone();
+    let stream = blocking(move || endpoint.send(&spec)).await?;
+    if stream.start_offset > 0 {
+        eprintln!("resuming {step} at byte {}", stream.start_offset);
+    }
+    send_stream(client, step, stream, expected, compress, &options.transfer, progress).await
 }
 
 /// Asks the target for its replication cursor (its newest complete snapshot) and checks that it

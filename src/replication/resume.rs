@@ -85,11 +85,13 @@ impl ZfsToken {
         if payload.len() % 2 != 0 || size > 1 << 20 {
             return Err(bad_zfs(token, "bad payload length"));
         }
-        let compressed: Vec<u8> = (0..payload.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&payload[i..i + 2], 16))
-            .collect::<Result<_, _>>()
-            .map_err(|_| bad_zfs(token, "payload is not hex"))?;
+        let hex_digit = |b: u8| char::from(b).to_digit(16).and_then(|d| u8::try_from(d).ok());
+        let compressed: Vec<u8> = payload
+            .as_bytes()
+            .chunks_exact(2)
+            .map(|pair| Some(hex_digit(pair[0])? << 4 | hex_digit(pair[1])?))
+            .collect::<Option<_>>()
+            .ok_or_else(|| bad_zfs(token, "payload is not hex"))?;
         if fletcher4_word0(&compressed) != checksum {
             return Err(bad_zfs(token, "checksum mismatch (token damaged or truncated)"));
         }
@@ -204,6 +206,7 @@ mod tests {
         assert!(ZfsToken::parse(&FULL[..FULL.len() - 8]).is_err());
         assert!(ZfsToken::parse("2-aa-bb-cc").is_err());
         assert!(ZfsToken::parse("nonsense").is_err());
+        assert!(ZfsToken::parse("1-0-0-a\u{e9}1").is_err(), "multibyte bytes from a peer are refused, not a panic");
     }
 
     #[test]

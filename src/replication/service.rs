@@ -8,7 +8,8 @@
 //! that receive: the sink is dropped unfinished, which kills the child and removes what cannot be
 //! resumed. Nothing half-received is left looking complete, and only that call fails.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -29,6 +30,23 @@ const WRITE_QUEUE: usize = 8;
 #[derive(Debug, Clone)]
 pub struct ReplicationService {
     endpoint: Arc<Endpoint>,
+    /// Filesystems with a receive in progress: a second one waits for the first to end (a stale
+    /// receive on a half-open connection must not race a reconnected sender).
+    receiving: Arc<Mutex<HashSet<String>>>,
+}
+
+/// Holds a filesystem's receive slot; frees it when dropped.
+struct ReceiveSlot {
+    receiving: Arc<Mutex<HashSet<String>>>,
+    filesystem: String,
+}
+
+impl Drop for ReceiveSlot {
+    fn drop(&mut self) {
+        if let Ok(mut receiving) = self.receiving.lock() {
+            receiving.remove(&self.filesystem);
+        }
+    }
 }
 
 /// Runs blocking endpoint work off the async threads.
@@ -41,7 +59,19 @@ async fn blocking<R: Send + 'static>(work: impl FnOnce() -> Result<R> + Send + '
 impl ReplicationService {
     /// Serves `endpoint`.
     pub fn new(endpoint: Endpoint) -> Self {
-        ReplicationService { endpoint: Arc::new(endpoint) }
+        ReplicationService { endpoint: Arc::new(endpoint), receiving: Arc::default() }
+    }
+
+    fn claim(&self, filesystem: &str) -> Result<ReceiveSlot> {
+        let mut receiving =
+            self.receiving.lock().map_err(|_| ReplicationError::protocol("receive registry poisoned"))?;
+        if !receiving.insert(filesystem.to_string()) {
+            return Err(ReplicationError::Remote(Status::new(
+                crate::status::Code::Aborted,
+                format!("{filesystem} is being received already (an earlier connection?); retry when it ends"),
+            )));
+        }
+        Ok(ReceiveSlot { receiving: self.receiving.clone(), filesystem: filesystem.to_string() })
     }
 
     /// The generated router adapter, for `Router::add`.
@@ -60,13 +90,17 @@ impl ReplicationService {
     async fn receive_stream(&self, requests: &mut CallReceiver<ReceiveStreamItem>, peer: &str) -> Result<u64> {
         let header = match requests.message().await? {
             Some(ReceiveStreamItem { item: Some(receive_stream_item::Item::Header(header)) }) => header,
-            _ => return Err(ReplicationError::stream(0, "the first item of a Receive must be its ReceiveReq header")),
+            _ => return Err(ReplicationError::protocol("the first item of a Receive must be its ReceiveReq header")),
         };
-        let to = header.to.clone().ok_or_else(|| ReplicationError::stream(0, "ReceiveReq without To"))?;
+        let to = header.to.clone().ok_or_else(|| ReplicationError::protocol("ReceiveReq without To"))?;
         let compressed = match header.compression.as_str() {
             "" => false,
             "zstd" => true,
-            other => return Err(ReplicationError::stream(0, format!("unknown compression {other:?}"))),
+            other => {
+                return Err(ReplicationError::protocol(format!(
+                    "unknown compression {other:?} (this receiver offers zstd)"
+                )));
+            }
         };
         let spec = ReceiveSpec {
             filesystem: header.filesystem.clone(),
@@ -74,9 +108,12 @@ impl ReplicationService {
             from: header.from.clone(),
             resume_offset: header.resume_offset,
             clear_resume: header.clear_resume_token,
+            prefix_crc: (header.resume_offset > 0).then_some(header.prefix_crc32c),
         };
         tracing::info!(%peer, filesystem = %spec.filesystem, snapshot = %to.name, incremental = spec.from.is_some(),
             resume_offset = spec.resume_offset, expected = header.expected_size, "receiving");
+        super::names::check_filesystem(&spec.filesystem)?;
+        let slot = self.claim(&spec.filesystem)?;
         let sink = self.with(move |endpoint| endpoint.receive(&spec)).await?;
         let (queue, mut pending) = mpsc::channel::<Bytes>(WRITE_QUEUE);
         let writer = tokio::task::spawn_blocking(move || -> Result<Box<dyn StreamSink>> {
@@ -98,7 +135,7 @@ impl ReplicationService {
                     }
                     Some(receive_stream_item::Item::End(end)) => return checker.finish(&end),
                     Some(receive_stream_item::Item::Header(_)) => {
-                        return Err(ReplicationError::stream(checker.next_offset(), "a second header"));
+                        return Err(ReplicationError::protocol("a second ReceiveReq header"));
                     }
                     None => {
                         return Err(ReplicationError::stream(
@@ -113,14 +150,18 @@ impl ReplicationService {
         drop(queue);
         let written =
             writer.await.map_err(|err| ReplicationError::Remote(Status::internal(format!("writer failed: {err}"))));
-        match (outcome, written) {
-            (Ok(()), Ok(Ok(sink))) => {
-                blocking(move || sink.finish()).await?;
-                Ok(checker.next_offset())
+        let result = match (outcome, written) {
+            (Ok(()), Ok(Ok(sink))) => blocking(move || sink.finish()).await.map(|()| checker.next_offset()),
+            (Err(err), Ok(Ok(sink))) => {
+                // Dropped unfinished, the sink aborts the receive (kills the child, removes what
+                // cannot resume): blocking work, so off the async threads.
+                let _ = tokio::task::spawn_blocking(move || drop(sink)).await;
+                Err(err)
             }
-            // The sink drops here unfinished: the endpoint aborts the receive.
             (Err(err), _) | (Ok(()), Ok(Err(err))) | (Ok(()), Err(err)) => Err(err),
-        }
+        };
+        drop(slot);
+        result
     }
 }
 
@@ -250,7 +291,7 @@ fn send_spec(request: &pb::SendReq) -> Result<SendSpec> {
     Ok(SendSpec {
         filesystem: request.filesystem.clone(),
         from: request.from.clone().filter(|v| !v.name.is_empty()),
-        to: request.to.clone().ok_or_else(|| ReplicationError::stream(0, "SendReq without To"))?,
+        to: request.to.clone().ok_or_else(|| ReplicationError::protocol("SendReq without To"))?,
         resume_token: Some(request.resume_token.clone()).filter(|t| !t.is_empty()),
         raw: false,
     })

@@ -7,10 +7,10 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{ReceiveSpec, SendSpec, SendStream, StreamSink, guid_of_uuid, skip_verified_prefix};
+use super::{ChildInput, ReceiveSpec, SendSpec, SendStream, StreamSink, guid_of_uuid, skip_verified_prefix};
 use crate::pb::replication::{Filesystem, FilesystemVersion};
 use crate::replication::error::{ReplicationError, Result};
-use crate::replication::process::{CommandLine, Running};
+use crate::replication::process::CommandLine;
 use crate::replication::resume::ByteToken;
 
 /// Subvolume snapshots in one directory of a btrfs filesystem.
@@ -50,6 +50,18 @@ impl BtrfsEndpoint {
     /// Snapshots in `dir`.
     pub fn new(dir: PathBuf) -> Self {
         BtrfsEndpoint { dir }
+    }
+
+    /// btrfs filesystem names are single components: `btrfs receive` names the subvolume after the
+    /// stream, in the receive directory itself.
+    fn check_flat(filesystem: &str) -> Result<()> {
+        if filesystem.contains('/') {
+            return Err(ReplicationError::InvalidName {
+                name: filesystem.to_string(),
+                reason: "btrfs filesystem names have no `/` (snapshots live directly in the directory)",
+            });
+        }
+        Ok(())
     }
 
     fn path_of(&self, filesystem: &str, snapshot: &str) -> PathBuf {
@@ -121,6 +133,7 @@ impl BtrfsEndpoint {
     }
 
     pub(super) fn send(&self, spec: &SendSpec) -> Result<SendStream> {
+        Self::check_flat(&spec.filesystem)?;
         let (child, mut stdout) = self.send_command(spec).spawn_reader()?;
         // btrfs send cannot start in the middle; a byte resume (into a dir: store) regenerates
         // the stream and proves the prefix is the same before continuing.
@@ -145,6 +158,7 @@ impl BtrfsEndpoint {
     }
 
     pub(super) fn receive(&self, spec: &ReceiveSpec) -> Result<Box<dyn StreamSink>> {
+        Self::check_flat(&spec.filesystem)?;
         if spec.resume_offset != 0 {
             return Err(ReplicationError::Conflict("btrfs receive cannot resume a stream part-way".into()));
         }
@@ -161,9 +175,13 @@ impl BtrfsEndpoint {
             );
             CommandLine::new("btrfs", ["subvolume".into(), "delete".into(), target.display().to_string()]).output()?;
         }
-        let command = CommandLine::new("btrfs", ["receive".into(), "-e".into(), self.dir.display().to_string()]);
+        // -e: stop at the stream's end marker; -C: chroot into the directory, so a stream from the
+        // network cannot name paths outside it.
+        let command =
+            CommandLine::new("btrfs", ["receive".into(), "-e".into(), "-C".into(), self.dir.display().to_string()]);
         let (child, stdin) = command.spawn_writer()?;
-        Ok(Box::new(BtrfsSink { child: Some(child), stdin: Some(stdin), target }))
+        let input = ChildInput::new(child, stdin, "btrfs receive");
+        Ok(Box::new(BtrfsSink { input, target, to_guid: spec.to.guid, finished: false }))
     }
 
     pub(super) fn destroy(&self, filesystem: &str, version: &FilesystemVersion) -> Result<()> {
@@ -172,53 +190,60 @@ impl BtrfsEndpoint {
     }
 }
 
-/// Feeds `btrfs receive`. Dropped unfinished, it kills the receive and deletes what it created,
-/// so no half-received subvolume is left looking like a snapshot.
+/// Feeds `btrfs receive`. Dropped unfinished, it kills the receive and deletes the subvolume it
+/// was creating — never a complete replica (read-only with a received UUID), so a stale sink
+/// cannot destroy a snapshot another receive finished meanwhile.
 struct BtrfsSink {
-    child: Option<Running>,
-    stdin: Option<std::process::ChildStdin>,
+    input: ChildInput,
     target: PathBuf,
+    to_guid: u64,
+    finished: bool,
+}
+
+/// Whether `path` is a complete received snapshot, and of which GUID.
+fn received_guid(path: &Path) -> Option<u64> {
+    let text =
+        CommandLine::new("btrfs", ["subvolume".into(), "show".into(), path.display().to_string()]).output().ok()?;
+    let info = parse_show(&text);
+    if info.readonly { info.received_uuid.as_deref().and_then(guid_of_uuid) } else { None }
 }
 
 impl StreamSink for BtrfsSink {
     fn write(&mut self, data: &[u8]) -> Result<()> {
-        use std::io::Write;
-        let Some(stdin) = self.stdin.as_mut() else {
-            return Err(ReplicationError::stream(0, "receive already closed"));
-        };
-        if let Err(err) = stdin.write_all(data) {
-            // The child died: its stderr says why.
-            self.stdin = None;
-            if let Some(child) = self.child.take() {
-                child.wait()?;
-            }
-            return Err(ReplicationError::io("writing to `btrfs receive`", err));
-        }
-        Ok(())
+        self.input.write(data)
     }
 
     fn finish(mut self: Box<Self>) -> Result<()> {
-        self.stdin = None;
-        match self.child.take() {
-            Some(child) => child.wait(),
-            None => Ok(()),
+        self.input.finish()?;
+        match received_guid(&self.target) {
+            Some(guid) if guid == self.to_guid => {
+                self.finished = true;
+                Ok(())
+            }
+            other => Err(ReplicationError::Conflict(format!(
+                "`btrfs receive` succeeded but {} is not the snapshot sent (received GUID {other:?}, expected {:#x}): \
+                 did the stream name another subvolume?",
+                self.target.display(),
+                self.to_guid
+            ))),
         }
     }
 }
 
 impl Drop for BtrfsSink {
     fn drop(&mut self) {
-        self.stdin = None;
-        if let Some(child) = self.child.take() {
-            child.kill();
-            if self.target.exists() {
-                let path = self.target.display().to_string();
-                match CommandLine::new("btrfs", ["subvolume".into(), "delete".into(), path.clone()]).output() {
-                    Ok(_) => tracing::info!(subvolume = %path, "aborted receive: partial subvolume deleted"),
-                    Err(err) => {
-                        tracing::warn!(subvolume = %path, %err, "aborted receive: could not delete the partial subvolume")
-                    }
-                }
+        if self.finished {
+            return;
+        }
+        self.input.kill();
+        if !self.target.exists() || received_guid(&self.target).is_some() {
+            return;
+        }
+        let path = self.target.display().to_string();
+        match CommandLine::new("btrfs", ["subvolume".into(), "delete".into(), path.clone()]).output() {
+            Ok(_) => tracing::info!(subvolume = %path, "aborted receive: partial subvolume deleted"),
+            Err(err) => {
+                tracing::warn!(subvolume = %path, %err, "aborted receive: could not delete the partial subvolume")
             }
         }
     }

@@ -83,6 +83,8 @@ pub struct ReceiveSpec {
     pub resume_offset: u64,
     /// Discard partial state of an earlier attempt first.
     pub clear_resume: bool,
+    /// With `resume_offset > 0`: the CRC32C of the prefix the sender verified.
+    pub prefix_crc: Option<u32>,
 }
 
 /// Where a received stream goes. Dropping it without `finish` aborts: partial state that could be
@@ -92,6 +94,49 @@ pub trait StreamSink: Send {
     fn write(&mut self, data: &[u8]) -> Result<()>;
     /// The stream ended and verified: make the snapshot final.
     fn finish(self: Box<Self>) -> Result<()>;
+}
+
+/// Feeds a receiving child (`btrfs receive`, `zfs receive`) through its stdin.
+pub(crate) struct ChildInput {
+    child: Option<Running>,
+    stdin: Option<std::process::ChildStdin>,
+    what: &'static str,
+}
+
+impl ChildInput {
+    pub(crate) fn new(child: Running, stdin: std::process::ChildStdin, what: &'static str) -> Self {
+        ChildInput { child: Some(child), stdin: Some(stdin), what }
+    }
+
+    /// Writes to the child; if it died, fails with its exit status and stderr tail.
+    pub(crate) fn write(&mut self, data: &[u8]) -> Result<()> {
+        use std::io::Write;
+        let Some(stdin) = self.stdin.as_mut() else {
+            return Err(ReplicationError::stream(0, format!("`{}` already ended", self.what)));
+        };
+        if let Err(err) = stdin.write_all(data) {
+            self.stdin = None;
+            if let Some(child) = self.child.take() {
+                child.wait()?;
+            }
+            return Err(ReplicationError::io(format!("writing to `{}`", self.what), err));
+        }
+        Ok(())
+    }
+
+    /// Closes the child's input and waits for it to succeed.
+    pub(crate) fn finish(&mut self) -> Result<()> {
+        self.stdin = None;
+        self.child.take().map_or(Ok(()), Running::wait)
+    }
+
+    /// Kills the child if it still runs.
+    pub(crate) fn kill(&mut self) {
+        self.stdin = None;
+        if let Some(child) = self.child.take() {
+            child.kill();
+        }
+    }
 }
 
 /// A source or target of snapshots.

@@ -8,10 +8,10 @@
 
 use std::sync::OnceLock;
 
-use super::{ReceiveSpec, SendSpec, SendStream, StreamSink};
+use super::{ChildInput, ReceiveSpec, SendSpec, SendStream, StreamSink};
 use crate::pb::replication::{Filesystem, FilesystemVersion};
 use crate::replication::error::{ReplicationError, Result};
-use crate::replication::process::{CommandLine, Running};
+use crate::replication::process::CommandLine;
 use crate::replication::resume::ZfsToken;
 
 /// Datasets under one ZFS dataset.
@@ -150,7 +150,7 @@ impl ZfsEndpoint {
             let _ = zfs(["receive".to_string(), "-A".to_string(), self.dataset(&spec.filesystem)]).output();
         }
         let (child, stdin) = self.receive_command(spec, resumable).spawn_writer()?;
-        Ok(Box::new(ZfsSink { child: Some(child), stdin: Some(stdin) }))
+        Ok(Box::new(ZfsSink { input: ChildInput::new(child, stdin, "zfs receive") }))
     }
 
     pub(super) fn destroy(&self, filesystem: &str, version: &FilesystemVersion) -> Result<()> {
@@ -197,29 +197,22 @@ fn parse_estimate(text: &str) -> u64 {
 /// Feeds `zfs receive`; dropped unfinished, it kills it (ZFS discards the partial stream, or
 /// keeps it for a resume token with `-s`).
 struct ZfsSink {
-    child: Option<Running>,
-    stdin: Option<std::process::ChildStdin>,
+    input: ChildInput,
 }
 
 impl StreamSink for ZfsSink {
     fn write(&mut self, data: &[u8]) -> Result<()> {
-        use std::io::Write;
-        let Some(stdin) = self.stdin.as_mut() else {
-            return Err(ReplicationError::stream(0, "receive already closed"));
-        };
-        if let Err(err) = stdin.write_all(data) {
-            self.stdin = None;
-            if let Some(child) = self.child.take() {
-                child.wait()?;
-            }
-            return Err(ReplicationError::io("writing to `zfs receive`", err));
-        }
-        Ok(())
+        self.input.write(data)
     }
 
     fn finish(mut self: Box<Self>) -> Result<()> {
-        self.stdin = None;
-        self.child.take().map_or(Ok(()), Running::wait)
+        self.input.finish()
+    }
+}
+
+impl Drop for ZfsSink {
+    fn drop(&mut self) {
+        self.input.kill();
     }
 }
 
