@@ -24,6 +24,7 @@ mod error;
 mod handshake;
 mod large;
 mod poller;
+mod route;
 mod sender;
 pub mod verbs;
 

@@ -11,6 +11,7 @@ use sideway::ibverbs::device_context::{DeviceContext, LinkLayer, Mtu, PortState}
 use sideway::ibverbs::protection_domain::ProtectionDomain;
 
 use crate::RdmaError;
+use crate::route::Link;
 
 /// A device opened for one connection: the port and GID that carry the local address.
 pub(crate) struct OpenDevice {
@@ -21,6 +22,9 @@ pub(crate) struct OpenDevice {
     pub(crate) gid_index: u8,
     pub(crate) gid: Gid,
     pub(crate) mtu: Mtu,
+    /// The port's LID (InfiniBand; 0 on RoCE).
+    pub(crate) lid: u16,
+    pub(crate) link: Link,
 }
 
 fn device_list() -> Result<DeviceList, RdmaError> {
@@ -88,6 +92,8 @@ pub(crate) fn open_for_address(wanted: Option<&str>, local_ip: IpAddr) -> Result
             gid_index: u8::try_from(entry.gid_index()).unwrap_or(0),
             gid: entry.gid(),
             mtu: attr.active_mtu(),
+            lid: 0,
+            link: Link::Ethernet,
             pd,
             context,
         });
