@@ -22,6 +22,7 @@ mod config;
 mod connection;
 mod error;
 mod handshake;
+mod ipoib;
 mod large;
 mod poller;
 mod route;
