@@ -27,7 +27,7 @@ use rdma_rpc_transport_tcp::{TcpConnection, TcpReceiver, TcpSender};
 
 use crate::connection::{RdmaConnection, Setup};
 use crate::large::Advertised;
-use crate::route::Link;
+use crate::route::{Link, address_vector};
 use crate::verbs::QpEndpoint;
 use crate::{RdmaConfig, RdmaError};
 
@@ -92,13 +92,13 @@ impl Offer {
         Offer { endpoint: setup.endpoint(), recv_buffers: config.recv_buffers, buffer_size, large: setup.advertised() }
     }
 
-    /// Why this side cannot talk to `theirs`, if it cannot: buffer sizes and large classes
-    /// must be the same on both sides.
+    /// Why this side cannot talk to `theirs`, if it cannot: the link layers must be the same (and
+    /// an InfiniBand peer's LID usable), and so must buffer sizes and large classes.
     fn mismatch(&self, theirs: &Offer) -> Option<String> {
         let classes = |o: &Offer| o.large.iter().map(|c| (c.size, c.count)).collect::<Vec<_>>();
-        if theirs.endpoint.link != self.endpoint.link {
-            let (peer, here) = (theirs.endpoint.link.name(), self.endpoint.link.name());
-            Some(format!("link layers differ (peer {peer}, here {here}): RoCE and InfiniBand ports cannot connect"))
+        // Different link layers, or an InfiniBand LID that cannot be addressed.
+        if let Err(unreachable) = address_vector(&self.endpoint, &theirs.endpoint, 0) {
+            Some(unreachable)
         } else if theirs.buffer_size != self.buffer_size {
             Some(format!("buffer sizes differ (peer {}, here {})", theirs.buffer_size, self.buffer_size))
         } else if classes(theirs) != classes(self) {
@@ -351,5 +351,9 @@ mod tests {
         roce.endpoint.lid = 0;
         let mismatch = ib.mismatch(&roce).expect("RoCE and InfiniBand differ");
         assert!(mismatch.contains("link layers differ (peer Ethernet (RoCE), here InfiniBand)"), "{mismatch}");
+        let mut no_lid = ib.clone();
+        no_lid.endpoint.lid = 0;
+        let mismatch = ib.mismatch(&no_lid).expect("an InfiniBand peer without a LID is refused");
+        assert!(mismatch.contains("LID 0x0 is not a unicast LID"), "{mismatch}");
     }
 }

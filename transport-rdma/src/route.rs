@@ -11,7 +11,6 @@
 //!
 //! This is a pure function so it is unit-tested without hardware; `verbs/qp.rs` applies it.
 
-use crate::RdmaError;
 use crate::verbs::QpEndpoint;
 
 /// Hop limit of the global route header: enough for any routed fabric.
@@ -76,28 +75,25 @@ pub(crate) struct AddressVector {
 }
 
 /// The address vector for reaching `remote` from `local` (this side's announced endpoint, whose
-/// GID is at `sgid_index`). Fails when the link layers differ or an InfiniBand LID is unusable.
-pub(crate) fn address_vector(
-    local: &QpEndpoint,
-    remote: &QpEndpoint,
-    sgid_index: u8,
-) -> Result<AddressVector, RdmaError> {
+/// GID is at `sgid_index`), or why the peer cannot be reached: the link layers differ, or its
+/// InfiniBand LID is unusable. The handshake refuses such a peer with this reason (`Offer::mismatch`).
+pub(crate) fn address_vector(local: &QpEndpoint, remote: &QpEndpoint, sgid_index: u8) -> Result<AddressVector, String> {
     if local.link != remote.link {
-        return Err(RdmaError::Handshake(format!(
-            "link layers differ (here {}, peer {}): RoCE and InfiniBand ports cannot connect",
-            local.link.name(),
-            remote.link.name()
-        )));
+        return Err(format!(
+            "link layers differ (peer {}, here {}): RoCE and InfiniBand ports cannot connect",
+            remote.link.name(),
+            local.link.name()
+        ));
     }
     let global = GlobalRoute { dgid: remote.gid, sgid_index, hop_limit: HOP_LIMIT };
     match local.link {
         Link::Ethernet => Ok(AddressVector { dlid: 0, grh: Some(global) }),
         Link::InfiniBand => {
             if remote.lid == 0 || remote.lid > LAST_UNICAST_LID {
-                return Err(RdmaError::Handshake(format!(
+                return Err(format!(
                     "the peer's InfiniBand LID {:#x} is not a unicast LID (is its subnet manager running?)",
                     remote.lid
-                )));
+                ));
             }
             let grh = (!same_subnet(&local.gid, &remote.gid)).then_some(global);
             Ok(AddressVector { dlid: remote.lid, grh })
@@ -163,10 +159,10 @@ mod tests {
         let here = endpoint(Link::InfiniBand, gid, 3);
         for lid in [0, 0xc000, 0xffff] {
             let err = address_vector(&here, &endpoint(Link::InfiniBand, gid, lid), 0).expect_err("bad LID");
-            assert!(err.to_string().contains("not a unicast LID"), "{err}");
+            assert!(err.contains("not a unicast LID"), "{err}");
         }
         let err = address_vector(&here, &endpoint(Link::Ethernet, gid, 0), 0).expect_err("mixed links");
-        assert!(err.to_string().contains("link layers differ"), "{err}");
+        assert!(err.contains("link layers differ"), "{err}");
     }
 
     #[test]

@@ -158,7 +158,7 @@ impl RcQueuePair {
     pub(crate) fn connect(&mut self, local: &QpEndpoint, remote: &QpEndpoint) -> Result<(), RdmaError> {
         let qpn = self.qp_num();
         // RoCE: a GRH to the peer's GID; InfiniBand: the peer's LID, plus a GRH across subnets.
-        let vector = address_vector(local, remote, self.gid_index)?;
+        let vector = address_vector(local, remote, self.gid_index).map_err(RdmaError::Handshake)?;
         let mut ah = AddressHandleAttribute::new();
         ah.setup_port(self.port).setup_dest_lid(vector.dlid);
         if let Some(grh) = vector.grh {
