@@ -1,6 +1,6 @@
 //! `rdma-rpc devices`: the host's RDMA devices as the kernel shows them in sysfs
-//! (`/sys/class/infiniband/<dev>/`), whether the verbs library is installed, and whether this build
-//! can use them. Plain `std::fs` reads; nothing is opened through verbs. It is a report: it
+//! (`/sys/class/infiniband/<dev>/`; InfiniBand ports also with their LID and subnet manager's LID),
+//! whether the verbs library is installed, and whether this build can use them. Plain `std::fs` reads; nothing is opened through verbs. It is a report: it
 //! succeeds whatever it finds, and says precisely why when there is nothing.
 
 use std::fmt::Write as _;
@@ -47,6 +47,9 @@ struct Port {
     number: String,
     state: Option<String>,
     link_layer: Option<String>,
+    /// InfiniBand only (RoCE ports have no LID): the port's LID and its subnet manager's.
+    lid: Option<String>,
+    sm_lid: Option<String>,
     active_mtu: Option<String>,
     gids: Vec<Gid>,
 }
@@ -130,14 +133,18 @@ fn render(out: &mut String, device: &Device) {
         let _ = writeln!(out, "  no ports listed");
     }
     for port in &device.ports {
-        let _ = writeln!(
+        let _ = write!(
             out,
-            "  port {}: state {}, link_layer {}, active_mtu {}",
+            "  port {}: state {}, link_layer {}",
             port.number,
             port.state.as_deref().unwrap_or("?"),
             port.link_layer.as_deref().unwrap_or("?"),
-            port.active_mtu.as_deref().unwrap_or("?"),
         );
+        if port.link_layer.as_deref() == Some("InfiniBand") {
+            let (lid, sm_lid) = (port.lid.as_deref().unwrap_or("?"), port.sm_lid.as_deref().unwrap_or("?"));
+            let _ = write!(out, ", lid {lid}, sm_lid {sm_lid}");
+        }
+        let _ = writeln!(out, ", active_mtu {}", port.active_mtu.as_deref().unwrap_or("?"));
         for gid in &port.gids {
             let _ = write!(out, "    gid[{}] {}", gid.index, gid.gid);
             let extra: Vec<&str> = [gid.kind.as_deref(), gid.netdev.as_deref()].into_iter().flatten().collect();
@@ -179,6 +186,8 @@ fn ports(dir: &Path) -> Vec<Port> {
                 number: n.to_string(),
                 state: read(&path.join("state")),
                 link_layer: read(&path.join("link_layer")),
+                lid: read(&path.join("lid")),
+                sm_lid: read(&path.join("sm_lid")),
                 active_mtu: read(&path.join("active_mtu")),
                 gids: gids(&path),
             };
@@ -317,6 +326,37 @@ rxe0: node_type 1: CA
   port 1: state 4: ACTIVE, link_layer Ethernet, active_mtu 1024 (3)
     gid[0] fe80:0000:0000:0000:0242:acff:fe11:0002 (RoCE v2, eth0)
     gid[10] 0000:0000:0000:0000:0000:ffff:ac11:0002
+";
+        assert!(text.starts_with(expected), "{text}");
+    }
+
+    #[test]
+    fn infiniband_ports_show_their_lid_and_sm_lid() {
+        let scratch = Scratch::new("infiniband");
+        scratch.write("mlx5_0/node_type", "1: CA\n");
+        scratch.write("mlx5_0/ports/1/state", "4: ACTIVE\n");
+        scratch.write("mlx5_0/ports/1/link_layer", "InfiniBand\n");
+        scratch.write("mlx5_0/ports/1/lid", "0x3\n");
+        scratch.write("mlx5_0/ports/1/sm_lid", "0x1\n");
+        scratch.write("mlx5_0/ports/1/active_mtu", "4096 (5)\n");
+        scratch.write("mlx5_0/ports/1/gids/0", "fe80:0000:0000:0000:0002:c903:000a:bcde\n");
+        scratch.write("mlx5_0/ports/2/state", "1: DOWN\n");
+        scratch.write("mlx5_0/ports/2/link_layer", "InfiniBand\n");
+        scratch.write("mlx5_0/ports/2/active_mtu", "4096 (5)\n");
+        // A RoCE port's lid file (0x0) means nothing: it is not shown.
+        scratch.write("rxe0/node_type", "1: CA\n");
+        scratch.write("rxe0/ports/1/state", "4: ACTIVE\n");
+        scratch.write("rxe0/ports/1/link_layer", "Ethernet\n");
+        scratch.write("rxe0/ports/1/lid", "0x0\n");
+        scratch.write("rxe0/ports/1/active_mtu", "1024 (3)\n");
+        let text = report(&scratch.0, None);
+        let expected = "\
+mlx5_0: node_type 1: CA
+  port 1: state 4: ACTIVE, link_layer InfiniBand, lid 0x3, sm_lid 0x1, active_mtu 4096 (5)
+    gid[0] fe80:0000:0000:0000:0002:c903:000a:bcde
+  port 2: state 1: DOWN, link_layer InfiniBand, lid ?, sm_lid ?, active_mtu 4096 (5)
+rxe0: node_type 1: CA
+  port 1: state 4: ACTIVE, link_layer Ethernet, active_mtu 1024 (3)
 ";
         assert!(text.starts_with(expected), "{text}");
     }

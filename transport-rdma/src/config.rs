@@ -30,8 +30,9 @@ pub struct LargeClass {
 /// Settings of one RDMA connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RdmaConfig {
-    /// Device to use (e.g. "mlx5_0", "rxe0"); by default, the device that has a RoCE v2 (or IB) GID
-    /// for the local address of the TCP control connection.
+    /// Device to use (e.g. "mlx5_0", "rxe0"); by default, the device that has a RoCE v2 GID for the
+    /// local address of the TCP control connection, or else the InfiniBand port whose IPoIB
+    /// interface has that address.
     pub device: Option<String>,
     /// Size of each registered slot: messages up to this size go as one two-sided SEND.
     pub buffer_size: usize,

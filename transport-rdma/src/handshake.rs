@@ -3,15 +3,19 @@
 //! ready to send. When either side cannot do RDMA, the same TCP connection carries the traffic.
 //!
 //! ```text
-//! hello   "RDMARPC" 0x01 | version u8 = 2 | qpn u32 | psn u32 | gid [16] | mtu u32 | recv_buffers u32
-//!         | buffer_size u32 | classes u8 | per large class: size u32, count u32, addr u64, rkey u32
+//! hello   "RDMARPC" 0x01 | version u8 = 3 | qpn u32 | psn u32 | gid [16] | mtu u32 | lid u16 | link u8
+//!         | recv_buffers u32 | buffer_size u32 | classes u8
+//!         | per large class: size u32, count u32, addr u64, rkey u32
 //! accept  "RDMARPC" 0x02 | the same fields, the server's
 //! refuse  "RDMARPC" 0x03 | reason, UTF-8
 //! ready   "RDMARPC" 0x04
 //! ```
 //! The large classes are the receive buffers each side lends the other for RDMA WRITEs
 //! (`large.rs`): both sides must configure the same sizes and counts. A peer speaking another
-//! version is refused with the reason (version 1 had no large classes).
+//! version is refused with the reason (version 1 had no large classes, version 2 no LID and link
+//! layer). `lid` is the port's InfiniBand LID (0 on RoCE) and `link` its link layer (1 Ethernet,
+//! 2 InfiniBand); `route.rs` turns them into the address vector, and sides whose link layers
+//! differ are refused.
 //! A first message that does not start with the magic is a plain rdma-rpc frame: the server keeps
 //! it and serves the connection over TCP.
 
@@ -23,6 +27,7 @@ use rdma_rpc_transport_tcp::{TcpConnection, TcpReceiver, TcpSender};
 
 use crate::connection::{RdmaConnection, Setup};
 use crate::large::Advertised;
+use crate::route::{Link, address_vector};
 use crate::verbs::QpEndpoint;
 use crate::{RdmaConfig, RdmaError};
 
@@ -32,9 +37,9 @@ const ACCEPT: u8 = 2;
 const REFUSE: u8 = 3;
 const READY: u8 = 4;
 /// Version of the hello and accept layout.
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
 /// Bytes of the fixed part of an offer after the kind byte (version to class count).
-const OFFER_FIXED: usize = 1 + 4 + 4 + 16 + 4 + 4 + 4 + 1;
+const OFFER_FIXED: usize = 1 + 4 + 4 + 16 + 4 + 2 + 1 + 4 + 4 + 1;
 /// Bytes per advertised large class.
 const CLASS_LEN: usize = 4 + 4 + 8 + 4;
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -87,11 +92,14 @@ impl Offer {
         Offer { endpoint: setup.endpoint(), recv_buffers: config.recv_buffers, buffer_size, large: setup.advertised() }
     }
 
-    /// Why this side cannot talk to `theirs`, if it cannot: buffer sizes and large classes
-    /// must be the same on both sides.
+    /// Why this side cannot talk to `theirs`, if it cannot: the link layers must be the same (and
+    /// an InfiniBand peer's LID usable), and so must buffer sizes and large classes.
     fn mismatch(&self, theirs: &Offer) -> Option<String> {
         let classes = |o: &Offer| o.large.iter().map(|c| (c.size, c.count)).collect::<Vec<_>>();
-        if theirs.buffer_size != self.buffer_size {
+        // Different link layers, or an InfiniBand LID that cannot be addressed.
+        if let Err(unreachable) = address_vector(&self.endpoint, &theirs.endpoint, 0) {
+            Some(unreachable)
+        } else if theirs.buffer_size != self.buffer_size {
             Some(format!("buffer sizes differ (peer {}, here {})", theirs.buffer_size, self.buffer_size))
         } else if classes(theirs) != classes(self) {
             Some(format!("large classes (size, count) differ (peer {:?}, here {:?})", classes(theirs), classes(self)))
@@ -113,6 +121,8 @@ fn encode(kind: u8, offer: Option<&Offer>, reason: &str) -> rdma_rpc_transport_t
         out.put_u32(offer.endpoint.psn);
         out.put_slice(&offer.endpoint.gid);
         out.put_u32(offer.endpoint.mtu);
+        out.put_u16(offer.endpoint.lid);
+        out.put_u8(offer.endpoint.link.code());
         out.put_u32(offer.recv_buffers);
         out.put_u32(offer.buffer_size);
         out.put_u8(u8::try_from(offer.large.len()).unwrap_or(u8::MAX));
@@ -148,7 +158,10 @@ fn decode_offer(message: &Bytes) -> Result<Offer, RdmaError> {
     let psn = body.get_u32();
     let mut gid = [0u8; 16];
     body.copy_to_slice(&mut gid);
-    let endpoint = QpEndpoint { qpn, psn, gid, mtu: body.get_u32() };
+    let (mtu, lid, link_code) = (body.get_u32(), body.get_u16(), body.get_u8());
+    let link = Link::from_code(link_code)
+        .ok_or_else(|| RdmaError::Handshake(format!("unknown link layer {link_code} in the peer's offer")))?;
+    let endpoint = QpEndpoint { qpn, psn, gid, mtu, lid, link };
     let (recv_buffers, buffer_size) = (body.get_u32(), body.get_u32());
     let classes = body.get_u8() as usize;
     if body.remaining() < classes * CLASS_LEN {
@@ -265,7 +278,7 @@ mod tests {
             Advertised { size: (16 << 20) + 4096, count: 2, addr: 0x7f00_1000_0000, rkey: 0x5678 },
         ];
         let offer = Offer {
-            endpoint: QpEndpoint { qpn: 0x11, psn: 0x22, gid: [7; 16], mtu: 1024 },
+            endpoint: QpEndpoint { qpn: 0x11, psn: 0x22, gid: [7; 16], mtu: 1024, lid: 0, link: Link::Ethernet },
             recv_buffers: 64,
             buffer_size: 131_072,
             large,
@@ -287,5 +300,60 @@ mod tests {
         // Version 1 (no version byte: the qpn's high byte, 0, stands there) is refused by name.
         let old = Bytes::from_static(b"RDMARPC\x01\x00\x00\x00\x11rest");
         assert!(matches!(decode_offer(&old), Err(RdmaError::PeerRefused { reason }) if reason.contains("version 0")));
+    }
+
+    /// An offer from an InfiniBand port: LID 0x1234, port GID fe80::2:c903:a:1.
+    fn infiniband_offer() -> Offer {
+        let mut gid = [0u8; 16];
+        gid[..2].copy_from_slice(&[0xfe, 0x80]);
+        gid[8..].copy_from_slice(&[0x00, 0x02, 0xc9, 0x03, 0x00, 0x0a, 0x00, 0x01]);
+        Offer {
+            endpoint: QpEndpoint { qpn: 0x0abc, psn: 0x00ff_0001, gid, mtu: 4096, lid: 0x1234, link: Link::InfiniBand },
+            recv_buffers: 16,
+            buffer_size: 65_536,
+            large: vec![Advertised { size: 1 << 20, count: 1, addr: 0x1000, rkey: 9 }],
+        }
+    }
+
+    #[test]
+    fn infiniband_lid_and_link_layer_round_trip() {
+        let offer = infiniband_offer();
+        for kind in [HELLO, ACCEPT] {
+            let message = encode(kind, Some(&offer), "").freeze();
+            assert_eq!(kind_of(&message), Some(kind));
+            let back = decode_offer(&message).expect("decodes");
+            assert_eq!(back.endpoint, offer.endpoint);
+            assert_eq!((back.endpoint.lid, back.endpoint.link), (0x1234, Link::InfiniBand));
+            assert_eq!(offer.mismatch(&back), None);
+        }
+        // The LID and link layer sit right after the MTU: offset magic + kind + version + 4 + 4 + 16 + 4.
+        let message = encode(HELLO, Some(&offer), "").freeze();
+        let at = MAGIC.len() + 2 + 28;
+        assert_eq!(&message[at..at + 3], &[0x12, 0x34, 2]);
+        let mut unknown = message.to_vec();
+        unknown[at + 2] = 7;
+        let err = decode_offer(&Bytes::from(unknown)).expect_err("unknown link layer");
+        assert!(matches!(&err, RdmaError::Handshake(m) if m.contains("unknown link layer 7")), "{err}");
+    }
+
+    #[test]
+    fn version_2_offers_are_refused_by_name_and_link_layers_must_agree() {
+        // A version 2 hello (no LID, no link layer) is refused with the reason, so the server
+        // answers REFUSE and both sides stay on TCP.
+        let mut v2 = encode(HELLO, Some(&infiniband_offer()), "").freeze().to_vec();
+        v2[MAGIC.len() + 1] = 2;
+        let err = decode_offer(&Bytes::from(v2)).expect_err("old version");
+        assert!(err.is_unavailable(), "a version mismatch falls back to TCP: {err}");
+        assert!(err.to_string().contains("version 2, this side speaks 3"), "{err}");
+        let ib = infiniband_offer();
+        let mut roce = ib.clone();
+        roce.endpoint.link = Link::Ethernet;
+        roce.endpoint.lid = 0;
+        let mismatch = ib.mismatch(&roce).expect("RoCE and InfiniBand differ");
+        assert!(mismatch.contains("link layers differ (peer Ethernet (RoCE), here InfiniBand)"), "{mismatch}");
+        let mut no_lid = ib.clone();
+        no_lid.endpoint.lid = 0;
+        let mismatch = ib.mismatch(&no_lid).expect("an InfiniBand peer without a LID is refused");
+        assert!(mismatch.contains("LID 0x0 is not a unicast LID"), "{mismatch}");
     }
 }

@@ -22,8 +22,10 @@ mod config;
 mod connection;
 mod error;
 mod handshake;
+mod ipoib;
 mod large;
 mod poller;
+mod route;
 mod sender;
 pub mod verbs;
 

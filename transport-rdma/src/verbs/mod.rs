@@ -1,7 +1,8 @@
 //! Every `unsafe` verbs call of rdma-rpc lives here, one file per object, behind wrappers that keep
 //! their parents alive (sideway holds `Arc`s to parents; our own types hold the rest).
 //!
-//! - `device.rs`: finding the device, port and GID for an address; the locked-memory limit.
+//! - `device.rs`: finding the device, port and GID for an address (RoCE v2 GID, or the IPoIB
+//!   interface of an InfiniBand port, found with `getifaddrs`); the locked-memory limit.
 //! - `region.rs`: registered memory split into fixed-size slots (local, or remote-writable for the
 //!   large receive buffers), and the writer prost encodes into.
 //! - `cq.rs`: the completion queue and its completion channel (poll, arm, events).

@@ -17,6 +17,7 @@ use super::cq::{Completion, CompletionQueue};
 use super::device::OpenDevice;
 use super::region::Slot;
 use crate::RdmaError;
+use crate::route::{Link, address_vector};
 
 /// Work request ids with this bit are receives; the low bits are the slot index.
 const RECV_FLAG: u64 = 1 << 63;
@@ -28,6 +29,9 @@ pub(crate) struct QpEndpoint {
     pub(crate) psn: u32,
     pub(crate) gid: [u8; 16],
     pub(crate) mtu: u32,
+    /// The port's LID (InfiniBand; 0 on RoCE).
+    pub(crate) lid: u16,
+    pub(crate) link: Link,
 }
 
 /// Where an RDMA WRITE goes: a buffer of the peer's, registered with remote write access.
@@ -130,7 +134,14 @@ impl RcQueuePair {
 
     /// This side's connection details.
     pub(crate) fn endpoint(&self, device: &OpenDevice, psn: u32) -> QpEndpoint {
-        QpEndpoint { qpn: self.qp.qp_number(), psn, gid: device.gid.raw, mtu: super::device::mtu_bytes(device.mtu) }
+        QpEndpoint {
+            qpn: self.qp.qp_number(),
+            psn,
+            gid: device.gid.raw,
+            mtu: super::device::mtu_bytes(device.mtu),
+            lid: device.lid,
+            link: device.link,
+        }
     }
 
     /// Largest message sent inline (what the device granted of `RdmaConfig::max_inline`).
@@ -146,8 +157,13 @@ impl RcQueuePair {
     /// INIT → RTR → RTS against the peer. `local` is what this side announced.
     pub(crate) fn connect(&mut self, local: &QpEndpoint, remote: &QpEndpoint) -> Result<(), RdmaError> {
         let qpn = self.qp_num();
+        // RoCE: a GRH to the peer's GID; InfiniBand: the peer's LID, plus a GRH across subnets.
+        let vector = address_vector(local, remote, self.gid_index).map_err(RdmaError::Handshake)?;
         let mut ah = AddressHandleAttribute::new();
-        ah.setup_port(self.port).setup_grh(&Gid { raw: remote.gid }, 0, self.gid_index, 64, 0);
+        ah.setup_port(self.port).setup_dest_lid(vector.dlid);
+        if let Some(grh) = vector.grh {
+            ah.setup_grh(&Gid { raw: grh.dgid }, 0, grh.sgid_index, grh.hop_limit, 0);
+        }
         let mut rtr = QueuePairAttribute::new();
         rtr.setup_state(QueuePairState::ReadyToReceive)
             .setup_path_mtu(mtu_from_bytes(local.mtu.min(remote.mtu)))
