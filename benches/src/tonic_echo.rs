@@ -16,7 +16,7 @@ use futures_util::Stream;
 use rdma_rpc::pb::echo::{EchoReply, EchoRequest};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 
 /// The generated tonic client and server (`OUT_DIR/rdmarpc.echo.rs`).
@@ -77,14 +77,14 @@ impl TonicEchoServer {
         let service =
             EchoServer::new(TonicEcho).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(
-            tonic::transport::Server::builder().tcp_nodelay(true).add_service(service).serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
-                async {
-                    let _ = stopped.await;
-                },
-            ),
-        );
+        // The builder's `tcp_nodelay` applies only to listeners it binds itself: without this,
+        // Nagle's algorithm holds back the reply's last write until the delayed ACK (~40 ms).
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        let server = tonic::transport::Server::builder().add_service(service);
+        let task = tokio::spawn(server.serve_with_incoming_shutdown(incoming, shutdown));
         Ok(TonicEchoServer { addr, stop: Some(stop), task })
     }
 
