@@ -26,9 +26,10 @@ use bytes::Bytes;
 use clap::Parser;
 use rdma_rpc::pb::echo::EchoClient;
 use rdma_rpc::rpc::{ConnectOptions, Connection};
-use rdma_rpc::transport::rdma::{PollMode, RdmaConfig};
+use rdma_rpc::transport::rdma::{PollMode, RdmaConfig, RdmaConnection};
+use rdma_rpc::transport::tcp::TcpConnection;
 use rdma_rpc_benches::alloc_count::{CountingAlloc, Side, set_side};
-use rdma_rpc_benches::tonic_echo::TonicEchoServer;
+use rdma_rpc_benches::tonic_echo::{TonicEchoClient, TonicEchoServer};
 use rdma_rpc_benches::{RawCopyServer, RawEchoServer, RawPipelinedClient, RpcEchoServer, payload};
 
 use report::{RAW, RPC_RDMA, RPC_TCP, Report, TONIC, UnaryRow};
@@ -69,6 +70,20 @@ struct Args {
     /// Busy-poll the RDMA completion queues instead of sleeping on the completion channel.
     #[arg(long)]
     busy_poll: bool,
+    /// Run one part only (for profiling, e.g. under `valgrind --tool=dhat` or callgrind).
+    #[arg(long, value_enum)]
+    only: Option<Part>,
+}
+
+/// The parts of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    /// Unary round trips.
+    Unary,
+    /// Stream throughput.
+    Stream,
+    /// Allocations per call.
+    Alloc,
 }
 
 /// How long each part runs.
@@ -78,6 +93,13 @@ struct Plan {
     window: Duration,
     stream_bytes: usize,
     alloc_calls: u64,
+    only: Option<Part>,
+}
+
+impl Plan {
+    fn runs(&self, part: Part) -> bool {
+        self.only.is_none_or(|only| only == part)
+    }
 }
 
 impl Plan {
@@ -88,6 +110,7 @@ impl Plan {
                 window: Duration::from_millis(30),
                 stream_bytes: 8 << 20,
                 alloc_calls: 100,
+                only: args.only,
             }
         } else {
             Plan {
@@ -95,6 +118,7 @@ impl Plan {
                 window: Duration::from_millis(args.window_ms),
                 stream_bytes: args.stream_mib << 20,
                 alloc_calls: 2000,
+                only: args.only,
             }
         }
     }
@@ -191,7 +215,7 @@ async fn measure_all(servers: Arc<Servers>, plan: Plan) -> Result<Report, String
     let pipelined = RawPipelinedClient::connect(&servers.raw_echo).await.map_err(raw_err)?;
 
     let mut report = Report::default();
-    for size in SIZES {
+    for size in SIZES.into_iter().filter(|_| plan.runs(Part::Unary)) {
         let data = payload(size);
         for in_flight in IN_FLIGHT {
             let cell = |system, measured| UnaryRow { size, in_flight, system, measured };
@@ -215,17 +239,10 @@ async fn measure_all(servers: Arc<Servers>, plan: Plan) -> Result<Report, String
         }
     }
 
-    let chunk = payload(CHUNK);
-    let count = plan.stream_bytes / CHUNK;
-    report.streams.push((RPC_TCP, stream::rpc(&rpc, chunk.clone(), count).await?));
-    if let Some(rdma) = &rdma {
-        let count = plan.stream_bytes / RDMA_CHUNK;
-        report.streams.push((RPC_RDMA, stream::rpc(rdma, payload(RDMA_CHUNK), count).await?));
+    if plan.runs(Part::Stream) {
+        measure_streams(&mut report, &servers, &rpc, rdma.as_ref(), &tonic, plan).await?;
     }
-    report.streams.push((RAW, stream::raw(&servers.raw_copy, chunk.clone(), count).await?));
-    report.streams.push((TONIC, stream::tonic(&tonic, chunk, count).await?));
-
-    for size in [64, 4096] {
+    for size in [64, 4096].into_iter().filter(|_| plan.runs(Part::Alloc)) {
         let data = payload(size);
         report.allocations.push((RPC_TCP, size, alloc_of(Rpc(rpc.clone()), &data, plan).await?));
         if let Some(rdma) = &rdma {
@@ -236,6 +253,26 @@ async fn measure_all(servers: Arc<Servers>, plan: Plan) -> Result<Report, String
         report.allocations.push((TONIC, size, alloc_of(Tonic(tonic.clone()), &data, plan).await?));
     }
     Ok(report)
+}
+
+async fn measure_streams(
+    report: &mut Report,
+    servers: &Servers,
+    rpc: &EchoClient<TcpConnection>,
+    rdma: Option<&EchoClient<RdmaConnection>>,
+    tonic: &TonicEchoClient<tonic::transport::Channel>,
+    plan: Plan,
+) -> Result<(), String> {
+    let chunk = payload(CHUNK);
+    let count = plan.stream_bytes / CHUNK;
+    report.streams.push((RPC_TCP, stream::rpc(rpc, chunk.clone(), count).await?));
+    if let Some(rdma) = rdma {
+        let count = plan.stream_bytes / RDMA_CHUNK;
+        report.streams.push((RPC_RDMA, stream::rpc(rdma, payload(RDMA_CHUNK), count).await?));
+    }
+    report.streams.push((RAW, stream::raw(&servers.raw_copy, chunk.clone(), count).await?));
+    report.streams.push((TONIC, stream::tonic(tonic, chunk, count).await?));
+    Ok(())
 }
 
 async fn alloc_of<C: Caller>(caller: C, data: &Bytes, plan: Plan) -> Result<unary::PerCall, String> {
