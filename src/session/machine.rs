@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::flow::{RecvWindow, SendWindow};
+use super::queue::SendQueue;
 use super::{Body, ConfigError, Event, Role, SessionConfig, SessionError, Transmit};
 use crate::pb::rpc as pb;
 use crate::status::{Code, Status};
@@ -22,7 +23,7 @@ enum Pending<B> {
 
 #[derive(Debug)]
 struct Call<B> {
-    queue: VecDeque<Pending<B>>,
+    queue: SendQueue<Pending<B>>,
     send: SendWindow,
     recv: RecvWindow,
     deadline: Option<Instant>,
@@ -562,7 +563,7 @@ impl<B: Body> Session<B> {
             self.deadlines.insert((deadline, id));
         }
         Call {
-            queue: VecDeque::new(),
+            queue: SendQueue::default(),
             send: SendWindow::new(peer_window),
             recv: RecvWindow::new(self.config.initial_call_window),
             deadline,
