@@ -83,6 +83,7 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
     let mut slots: HashMap<u64, Slot> = HashMap::new();
     let sleep = tokio::time::sleep_until(now().into());
     tokio::pin!(sleep);
+    let mut armed: Option<Instant> = None;
     let mut writer_done = false;
     let mut final_status = Status::ok();
 
@@ -118,8 +119,12 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
         if session.is_closed() {
             break;
         }
-        if let Some(at) = session.poll_timeout() {
+        // Re-arming the timer costs about as much as a session step: only when the deadline moved.
+        if let Some(at) = session.poll_timeout()
+            && armed != Some(at)
+        {
             sleep.as_mut().reset(at.into());
+            armed = Some(at);
         }
 
         tokio::select! {
@@ -155,7 +160,10 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
                     }
                 }
             }
-            _ = &mut sleep => session.handle_timeout(now()),
+            _ = &mut sleep => {
+                armed = None;
+                session.handle_timeout(now());
+            }
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {
                     let reason = match role {
