@@ -94,9 +94,21 @@ struct Plan {
     stream_bytes: usize,
     alloc_calls: u64,
     only: Option<Part>,
+    quick: bool,
 }
 
 impl Plan {
+    /// Why this run's timings say nothing, if they don't.
+    fn not_meaningful(&self) -> Option<&'static str> {
+        if self.quick {
+            Some("smoke run (--quick): no verdict")
+        } else if cfg!(debug_assertions) {
+            Some("debug build: no verdict")
+        } else {
+            None
+        }
+    }
+
     fn runs(&self, part: Part) -> bool {
         self.only.is_none_or(|only| only == part)
     }
@@ -111,6 +123,7 @@ impl Plan {
                 stream_bytes: 8 << 20,
                 alloc_calls: 100,
                 only: args.only,
+                quick: args.quick,
             }
         } else {
             Plan {
@@ -119,6 +132,7 @@ impl Plan {
                 stream_bytes: args.stream_mib << 20,
                 alloc_calls: 2000,
                 only: args.only,
+                quick: args.quick,
             }
         }
     }
@@ -214,7 +228,7 @@ async fn measure_all(servers: Arc<Servers>, plan: Plan) -> Result<Report, String
     let raw_err = |err: std::io::Error| format!("raw echo: {err}");
     let pipelined = RawPipelinedClient::connect(&servers.raw_echo).await.map_err(raw_err)?;
 
-    let mut report = Report::default();
+    let mut report = Report { not_meaningful: plan.not_meaningful(), ..Report::default() };
     for size in SIZES.into_iter().filter(|_| plan.runs(Part::Unary)) {
         let data = payload(size);
         for in_flight in IN_FLIGHT {
