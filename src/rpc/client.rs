@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::call::{CallReceiver, CallSender, CancelGuard};
 use super::codec;
-use super::command::{BufCommand, CallCommand, CallShared};
+use super::command::{BufCommand, CallCommand, CallShared, MethodName};
 use super::driver::{DriverSetup, drive};
 use super::{ConnectError, ConnectionConfig};
 use crate::pb::rpc as pb;
@@ -196,18 +196,22 @@ impl<T: Transport> Client<T> {
         first: Option<&Req>,
         end: bool,
     ) -> Result<(CallReceiver<Res>, Arc<CallShared>), Status> {
-        let header = pb::CallHeader {
-            method: method.to_string(),
+        let header = codec::CallHeaderRef {
+            method,
             timeout_micros: self.options.timeout.map_or(0, |t| t.as_micros().clamp(1, u64::MAX as u128) as u64),
-            metadata: self.options.metadata.clone(),
+            metadata: &self.options.metadata,
         };
-        let body = codec::encode_call(&self.shared.alloc, &header, first).await?;
+        let body = codec::encode_call(&self.shared.alloc, header, first).await?;
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(CallShared::default());
         let open = BufCommand::Open {
             id,
-            method: method.into(),
+            method: if tracing::enabled!(tracing::Level::DEBUG) {
+                MethodName::Shared(method.into())
+            } else {
+                MethodName::Unrecorded
+            },
             timeout: self.options.timeout,
             body,
             has_message: first.is_some(),

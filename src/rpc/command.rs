@@ -48,13 +48,34 @@ impl CallShared {
     }
 }
 
+/// A call's method as the driver keeps it, for the "call finished" log line only.
+#[derive(Debug, Clone)]
+pub(crate) enum MethodName {
+    /// A served method: the router's own copy of the path, so naming it costs no allocation.
+    Static(&'static str),
+    /// A client's method, kept only while debug logging is on (it costs an allocation per call).
+    Shared(Arc<str>),
+    /// Not kept: debug logging was off when the call opened.
+    Unrecorded,
+}
+
+impl std::fmt::Display for MethodName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MethodName::Static(name) => f.write_str(name),
+            MethodName::Shared(name) => f.write_str(name),
+            MethodName::Unrecorded => f.write_str("?"),
+        }
+    }
+}
+
 /// Commands that carry a transport buffer (client side).
 #[derive(Debug)]
 pub(crate) enum BufCommand<B> {
     /// Open a call with an encoded CALL body.
     Open {
         id: u64,
-        method: Arc<str>,
+        method: MethodName,
         timeout: Option<Duration>,
         body: B,
         has_message: bool,

@@ -13,7 +13,7 @@ use futures_util::FutureExt as _;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument as _;
 
-use super::command::{BufCommand, CallCommand, CallEvent, CallShared, Outgoing};
+use super::command::{BufCommand, CallCommand, CallEvent, CallShared, MethodName, Outgoing};
 use super::now;
 use super::server::{RequestContext, Router, ServerCall};
 use super::writer::write_loop;
@@ -30,7 +30,7 @@ struct Slot {
     /// One entry per queued MESSAGE/DATA frame, in order; `Some` when a handle waits for it.
     acks: VecDeque<Option<oneshot::Sender<()>>>,
     handler: Option<tokio::task::AbortHandle>,
-    method: Arc<str>,
+    method: MethodName,
     started: Instant,
     bytes_in: u64,
     bytes_out: u64,
@@ -83,6 +83,7 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
     let mut slots: HashMap<u64, Slot> = HashMap::new();
     let sleep = tokio::time::sleep_until(now().into());
     tokio::pin!(sleep);
+    let mut armed: Option<Instant> = None;
     let mut writer_done = false;
     let mut final_status = Status::ok();
 
@@ -118,8 +119,12 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
         if session.is_closed() {
             break;
         }
-        if let Some(at) = session.poll_timeout() {
+        // Re-arming the timer costs about as much as a session step: only when the deadline moved.
+        if let Some(at) = session.poll_timeout()
+            && armed != Some(at)
+        {
             sleep.as_mut().reset(at.into());
+            armed = Some(at);
         }
 
         tokio::select! {
@@ -155,7 +160,10 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
                     }
                 }
             }
-            _ = &mut sleep => session.handle_timeout(now()),
+            _ = &mut sleep => {
+                armed = None;
+                session.handle_timeout(now());
+            }
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {
                     let reason = match role {
@@ -287,7 +295,11 @@ fn queue_send<B: crate::transport::SendBuffer>(
     let Some(slot) = slots.get_mut(&id) else { return };
     match session.send(id, kind, body, end) {
         Ok(()) => {
-            slot.acks.push_back(ack);
+            // The last frame of a call needs no entry when nobody waits for it: nothing is
+            // queued behind it whose ack it could take. (Saves an allocation per unary reply.)
+            if ack.is_some() || !end {
+                slot.acks.push_back(ack);
+            }
             slot.bytes_out += len;
         }
         Err(status) => {
@@ -337,15 +349,14 @@ fn dispatch<B: crate::transport::SendBuffer>(
         Event::Incoming { id, header } => {
             let (events, events_rx) = mpsc::unbounded_channel();
             let shared = Arc::new(CallShared::default());
-            let method: Arc<str> = header.method.as_str().into();
-            let ctx = RequestContext::new(&header, peer.clone());
+            let ctx = RequestContext::new(header, peer.clone());
             let call = ServerCall::new(id, events_rx, ctl.clone(), ctx, shared.clone());
             let routed = match router {
-                Some(router) => router.route(&method, call),
+                Some(router) => router.route(call),
                 None => Err(call),
             };
             match routed {
-                Ok(future) => {
+                Ok((method, future)) => {
                     let span = tracing::info_span!("rpc", method = %method, peer = %peer, call = id);
                     let panic_ctl = ctl.clone();
                     let guarded = async move {
@@ -360,14 +371,15 @@ fn dispatch<B: crate::transport::SendBuffer>(
                         shared,
                         acks: VecDeque::new(),
                         handler: Some(handle.abort_handle()),
-                        method,
+                        method: MethodName::Static(method),
                         started: now(),
                         bytes_in: 0,
                         bytes_out: 0,
                     };
                     slots.insert(id, slot);
                 }
-                Err(_) => {
+                Err(call) => {
+                    let method = &call.context().method;
                     tracing::debug!(%peer, %method, "unknown method");
                     let known = router.map(Router::describe).unwrap_or_default();
                     session.finish(

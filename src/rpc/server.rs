@@ -53,9 +53,9 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
-    pub(crate) fn new(header: &pb::CallHeader, peer: Arc<str>) -> Self {
+    pub(crate) fn new(header: pb::CallHeader, peer: Arc<str>) -> Self {
         let deadline = (header.timeout_micros > 0).then(|| now() + Duration::from_micros(header.timeout_micros));
-        RequestContext { method: header.method.clone(), peer, deadline, metadata: header.metadata.clone() }
+        RequestContext { method: header.method, peer, deadline, metadata: header.metadata }
     }
 }
 
@@ -203,10 +203,14 @@ impl Router {
         self.services.push(Arc::new(service));
     }
 
+    /// Starts the handler of `call`'s method; also returns the router's own copy of the method's
+    /// path (so the driver can name the call without allocating). Gives the call back if no
+    /// service serves the method.
     #[allow(clippy::result_large_err)] // see Service::call
-    pub(crate) fn route(&self, method: &str, call: ServerCall) -> Result<HandlerFuture, ServerCall> {
-        match self.methods.get(method).and_then(|&i| self.services.get(i)) {
-            Some(service) => service.call(method, call),
+    pub(crate) fn route(&self, call: ServerCall) -> Result<(&'static str, HandlerFuture), ServerCall> {
+        let found = self.methods.get_key_value(call.context().method.as_str());
+        match found.and_then(|(&name, &i)| Some((name, self.services.get(i)?))) {
+            Some((name, service)) => service.call(name, call).map(|future| (name, future)),
             None => Err(call),
         }
     }

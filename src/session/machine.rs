@@ -4,8 +4,10 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use prost::Message as _;
 
 use super::flow::{RecvWindow, SendWindow};
+use super::queue::SendQueue;
 use super::{Body, ConfigError, Event, Role, SessionConfig, SessionError, Transmit};
 use crate::pb::rpc as pb;
 use crate::status::{Code, Status};
@@ -22,7 +24,7 @@ enum Pending<B> {
 
 #[derive(Debug)]
 struct Call<B> {
-    queue: VecDeque<Pending<B>>,
+    queue: SendQueue<Pending<B>>,
     send: SendWindow,
     recv: RecvWindow,
     deadline: Option<Instant>,
@@ -441,8 +443,14 @@ impl<B: Body> Session<B> {
             return Err(SessionError::Protocol("CALL for a call id already open"));
         }
         let len = message.as_ref().map_or(0, Bytes::len);
-        self.receive_connection_bytes(id, len)?;
-        self.release_connection_bytes(len);
+        // The sender charged its connection window for the whole CALL body, call header
+        // included: count (and return) the same, or every call leaks its header's size of
+        // credit until the connection stalls. (The call header is encoded canonically by prost
+        // on the client, so its length is recomputed exactly.)
+        let header_len = header.encoded_len();
+        let body_len = prost::encoding::encoded_len_varint(header_len as u64) + header_len + len;
+        self.receive_connection_bytes(id, body_len)?;
+        self.release_connection_bytes(body_len);
         let refusal = if self.goaway_limit.is_some_and(|limit| id > limit) {
             Some(Status::unavailable("server is shutting down (GOAWAY); retry on a new connection"))
         } else if self.calls.len() >= self.config.max_concurrent_calls as usize {
@@ -562,7 +570,7 @@ impl<B: Body> Session<B> {
             self.deadlines.insert((deadline, id));
         }
         Call {
-            queue: VecDeque::new(),
+            queue: SendQueue::default(),
             send: SendWindow::new(peer_window),
             recv: RecvWindow::new(self.config.initial_call_window),
             deadline,

@@ -19,6 +19,7 @@
 mod config;
 mod flow;
 mod machine;
+mod queue;
 #[cfg(test)]
 mod tests;
 

@@ -263,3 +263,21 @@ fn oversized_message_is_refused_locally_with_the_fix() {
     assert_eq!(err.code, Code::ResourceExhausted);
     assert!(err.message.contains("max_frame_size"), "{err}");
 }
+
+#[test]
+fn call_headers_do_not_leak_connection_credit() {
+    // Thousands of unary calls through a 4 KiB connection window: the CALL header bytes the
+    // client's window is charged for must come back as well, or the connection stalls for good.
+    let now = Instant::now();
+    let (mut client, mut server) = pair(small_config(), now);
+    for id in 1..=2000 {
+        client.open_call(now, id, None, call_body("/svc/SomeMethod", 5_000_000, b"ping"), true, true).expect("open");
+        exchange(&mut client, &mut server, now);
+        let got = events(&mut server);
+        assert!(matches!(got.first(), Some(Event::Incoming { .. })), "call {id} reached the server: {got:?}");
+        server.send(id, Kind::Message, Bytes::from_static(b"pong"), true).expect("reply");
+        exchange(&mut client, &mut server, now);
+        let got = events(&mut client);
+        assert!(matches!(got.last(), Some(Event::Closed { status, .. }) if status.is_ok()), "call {id}: {got:?}");
+    }
+}

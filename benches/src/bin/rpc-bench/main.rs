@@ -1,0 +1,305 @@
+//! `rpc-bench`: rdma-rpc next to its baselines, measured in one run and printed as Markdown
+//! tables of absolute figures and ratios.
+//!
+//! - unary echo round trips (64 B, 4 KiB, 64 KiB; 1 and 64 calls in flight): rdma-rpc over TCP,
+//!   over RDMA when an address is given (`--rdma ADDR` or `RDMA_TEST_ADDR`), a raw tokio TCP echo
+//!   and tonic (gRPC) with the same prost messages: p50/p99/p99.9 and calls per second;
+//! - stream echo throughput (1 MiB chunks; 64 KiB over RDMA, whose messages fit one registered
+//!   buffer): rdma-rpc `Pipe`, tonic `EchoStream`, a raw TCP copy loop;
+//! - heap allocations per unary call in steady state, client and server side, from a counting
+//!   global allocator.
+//!
+//! Server and client run in two tokio runtimes of one worker thread each (as two processes on two
+//! cores would), every system on loopback (or the RDMA address) with its own connection.
+//! `cargo run --release -p rdma-rpc-benches --bin rpc-bench [-- --quick]`; `scripts/bench` puts the
+//! output into BENCHMARKING.md.
+
+mod report;
+mod stream;
+mod unary;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::Parser;
+use rdma_rpc::pb::echo::EchoClient;
+use rdma_rpc::rpc::{ConnectOptions, Connection};
+use rdma_rpc::transport::rdma::{PollMode, RdmaConfig, RdmaConnection};
+use rdma_rpc::transport::tcp::TcpConnection;
+use rdma_rpc_benches::alloc_count::{CountingAlloc, Side, set_side};
+use rdma_rpc_benches::tonic_echo::{TonicEchoClient, TonicEchoServer};
+use rdma_rpc_benches::{RawCopyServer, RawEchoServer, RawPipelinedClient, RpcEchoServer, payload};
+
+use report::{RAW, RPC_RDMA, RPC_TCP, Report, TONIC, UnaryRow};
+use unary::{Caller, Raw, RawPipelined, Rpc, Tonic};
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+/// Unary payload sizes.
+const SIZES: [usize; 3] = [64, 4 * 1024, 64 * 1024];
+/// Calls in flight.
+const IN_FLIGHT: [usize; 2] = [1, 64];
+/// Stream chunk size over TCP.
+const CHUNK: usize = 1 << 20;
+/// Stream chunk size over RDMA: one message must fit one registered buffer (128 KiB by default).
+const RDMA_CHUNK: usize = 64 * 1024;
+
+/// rdma-rpc against raw tokio TCP and tonic, side by side.
+#[derive(Debug, Parser)]
+#[command(name = "rpc-bench")]
+struct Args {
+    /// A smoke run for CI: very short windows, small streams (figures are not meaningful).
+    #[arg(long)]
+    quick: bool,
+    /// Measured window per unary cell, in milliseconds.
+    #[arg(long, default_value_t = 800)]
+    window_ms: u64,
+    /// Warm-up before each unary cell, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    warm_up_ms: u64,
+    /// MiB sent each way per stream measurement.
+    #[arg(long, default_value_t = 512)]
+    stream_mib: usize,
+    /// Also measure rdma-rpc over RDMA: the local address of an RDMA device (its GID table must
+    /// hold it). Defaults to `RDMA_TEST_ADDR` when set.
+    #[arg(long, env = "RDMA_TEST_ADDR")]
+    rdma: Option<String>,
+    /// Busy-poll the RDMA completion queues instead of sleeping on the completion channel.
+    #[arg(long)]
+    busy_poll: bool,
+    /// Run one part only (for profiling, e.g. under `valgrind --tool=dhat` or callgrind).
+    #[arg(long, value_enum)]
+    only: Option<Part>,
+}
+
+/// The parts of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    /// Unary round trips.
+    Unary,
+    /// Stream throughput.
+    Stream,
+    /// Allocations per call.
+    Alloc,
+}
+
+/// How long each part runs.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    warm_up: Duration,
+    window: Duration,
+    stream_bytes: usize,
+    alloc_calls: u64,
+    only: Option<Part>,
+    quick: bool,
+}
+
+impl Plan {
+    /// Why this run's timings say nothing, if they don't.
+    fn not_meaningful(&self) -> Option<&'static str> {
+        if self.quick {
+            Some("smoke run (--quick): no verdict")
+        } else if cfg!(debug_assertions) {
+            Some("debug build: no verdict")
+        } else {
+            None
+        }
+    }
+
+    fn runs(&self, part: Part) -> bool {
+        self.only.is_none_or(|only| only == part)
+    }
+}
+
+impl Plan {
+    fn from(args: &Args) -> Plan {
+        if args.quick {
+            Plan {
+                warm_up: Duration::from_millis(10),
+                window: Duration::from_millis(30),
+                stream_bytes: 8 << 20,
+                alloc_calls: 100,
+                only: args.only,
+                quick: args.quick,
+            }
+        } else {
+            Plan {
+                warm_up: Duration::from_millis(args.warm_up_ms),
+                window: Duration::from_millis(args.window_ms),
+                stream_bytes: args.stream_mib << 20,
+                alloc_calls: 2000,
+                only: args.only,
+                quick: args.quick,
+            }
+        }
+    }
+}
+
+/// The servers, in the server runtime.
+struct Servers {
+    rpc: RpcEchoServer,
+    rdma: Option<(RpcEchoServer, RdmaConfig)>,
+    raw_echo: RawEchoServer,
+    raw_copy: RawCopyServer,
+    tonic: TonicEchoServer,
+}
+
+impl Servers {
+    async fn start(rdma: Option<(String, RdmaConfig)>) -> Result<Servers, String> {
+        let bind = |err| format!("a server cannot bind: {err}");
+        let rdma = match rdma {
+            Some((addr, config)) => {
+                let server = RpcEchoServer::start_on(&format!("{addr}:0"), Some(config.clone())).await.map_err(bind)?;
+                Some((server, config))
+            }
+            None => None,
+        };
+        Ok(Servers {
+            rpc: RpcEchoServer::start().await.map_err(bind)?,
+            rdma,
+            raw_echo: RawEchoServer::start().await.map_err(bind)?,
+            raw_copy: RawCopyServer::start().await.map_err(bind)?,
+            tonic: TonicEchoServer::start().await.map_err(bind)?,
+        })
+    }
+}
+
+fn runtime(name: &'static str, side: Side) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(name)
+        .on_thread_start(move || set_side(side))
+        .enable_all()
+        .build()
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(report) => {
+            print!("{}", report.to_markdown());
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("rpc-bench: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<Report, String> {
+    let plan = Plan::from(args);
+    let server_rt = runtime("bench-server", Side::Server).map_err(|err| format!("no server runtime: {err}"))?;
+    let client_rt = runtime("bench-client", Side::Client).map_err(|err| format!("no client runtime: {err}"))?;
+    let rdma = args.rdma.clone().map(|addr| {
+        let mut config = RdmaConfig::default();
+        if args.busy_poll {
+            config.poll = PollMode::BusyPoll;
+        }
+        (addr, config)
+    });
+    let servers = Arc::new(server_rt.block_on(Servers::start(rdma))?);
+    let measured = client_rt.block_on(client_rt.spawn(measure_all(servers.clone(), plan)));
+    let report = measured.map_err(|err| format!("the measuring task failed: {err}"))??;
+    if let Ok(servers) = Arc::try_unwrap(servers) {
+        server_rt.block_on(async {
+            let _ = servers.rpc.stop().await;
+            if let Some((server, _)) = servers.rdma {
+                let _ = server.stop().await;
+            }
+            let _ = servers.tonic.stop().await;
+        });
+    }
+    Ok(report)
+}
+
+/// Every measurement, systems interleaved within each cell so drift hits them alike.
+async fn measure_all(servers: Arc<Servers>, plan: Plan) -> Result<Report, String> {
+    let connect_err = |err: Box<dyn std::error::Error + Send + Sync>| format!("cannot connect: {err}");
+    let rpc = servers.rpc.client().await.map_err(connect_err)?;
+    let rdma = match &servers.rdma {
+        Some((server, config)) => Some(rdma_client(server, config).await?),
+        None => None,
+    };
+    let tonic = servers.tonic.client().await.map_err(|err| format!("tonic cannot connect: {err}"))?;
+    let raw_err = |err: std::io::Error| format!("raw echo: {err}");
+    let pipelined = RawPipelinedClient::connect(&servers.raw_echo).await.map_err(raw_err)?;
+
+    let mut report = Report { not_meaningful: plan.not_meaningful(), ..Report::default() };
+    for size in SIZES.into_iter().filter(|_| plan.runs(Part::Unary)) {
+        let data = payload(size);
+        for in_flight in IN_FLIGHT {
+            let cell = |system, measured| UnaryRow { size, in_flight, system, measured };
+            let measured =
+                unary::run((0..in_flight).map(|_| Rpc(rpc.clone())).collect(), data.clone(), plan.warm_up, plan.window);
+            report.unary.push(cell(RPC_TCP, measured.await?));
+            if let Some(rdma) = &rdma {
+                let callers = (0..in_flight).map(|_| Rpc(rdma.clone())).collect();
+                report.unary.push(cell(RPC_RDMA, unary::run(callers, data.clone(), plan.warm_up, plan.window).await?));
+            }
+            let raw = if in_flight == 1 {
+                let client = servers.raw_echo.client().await.map_err(raw_err)?;
+                unary::run(vec![Raw(client)], data.clone(), plan.warm_up, plan.window).await?
+            } else {
+                let callers = (0..in_flight).map(|_| RawPipelined(pipelined.clone())).collect();
+                unary::run(callers, data.clone(), plan.warm_up, plan.window).await?
+            };
+            report.unary.push(cell(RAW, raw));
+            let callers = (0..in_flight).map(|_| Tonic(tonic.clone())).collect();
+            report.unary.push(cell(TONIC, unary::run(callers, data.clone(), plan.warm_up, plan.window).await?));
+        }
+    }
+
+    if plan.runs(Part::Stream) {
+        measure_streams(&mut report, &servers, &rpc, rdma.as_ref(), &tonic, plan).await?;
+    }
+    for size in [64, 4096].into_iter().filter(|_| plan.runs(Part::Alloc)) {
+        let data = payload(size);
+        report.allocations.push((RPC_TCP, size, alloc_of(Rpc(rpc.clone()), &data, plan).await?));
+        if let Some(rdma) = &rdma {
+            report.allocations.push((RPC_RDMA, size, alloc_of(Rpc(rdma.clone()), &data, plan).await?));
+        }
+        let raw = servers.raw_echo.client().await.map_err(raw_err)?;
+        report.allocations.push((RAW, size, alloc_of(Raw(raw), &data, plan).await?));
+        report.allocations.push((TONIC, size, alloc_of(Tonic(tonic.clone()), &data, plan).await?));
+    }
+    Ok(report)
+}
+
+async fn measure_streams(
+    report: &mut Report,
+    servers: &Servers,
+    rpc: &EchoClient<TcpConnection>,
+    rdma: Option<&EchoClient<RdmaConnection>>,
+    tonic: &TonicEchoClient<tonic::transport::Channel>,
+    plan: Plan,
+) -> Result<(), String> {
+    let chunk = payload(CHUNK);
+    let count = plan.stream_bytes / CHUNK;
+    report.streams.push((RPC_TCP, stream::rpc(rpc, chunk.clone(), count).await?));
+    if let Some(rdma) = rdma {
+        let count = plan.stream_bytes / RDMA_CHUNK;
+        report.streams.push((RPC_RDMA, stream::rpc(rdma, payload(RDMA_CHUNK), count).await?));
+    }
+    report.streams.push((RAW, stream::raw(&servers.raw_copy, chunk.clone(), count).await?));
+    report.streams.push((TONIC, stream::tonic(tonic, chunk, count).await?));
+    Ok(())
+}
+
+async fn alloc_of<C: Caller>(caller: C, data: &Bytes, plan: Plan) -> Result<unary::PerCall, String> {
+    unary::allocations_per_call(caller, data.clone(), plan.alloc_calls / 2, plan.alloc_calls).await
+}
+
+async fn rdma_client(
+    server: &RpcEchoServer,
+    config: &RdmaConfig,
+) -> Result<EchoClient<rdma_rpc::transport::rdma::RdmaConnection>, String> {
+    let options = ConnectOptions { rdma: Some(config.clone()), fallback: false, ..ConnectOptions::default() };
+    match server.connect(&options).await.map_err(|err| format!("no RDMA connection to {}: {err}", server.addr()))? {
+        Connection::Rdma(client) => Ok(EchoClient::new(client)),
+        Connection::Tcp { fallback, .. } => Err(format!("RDMA was refused: {fallback:?}")),
+    }
+}

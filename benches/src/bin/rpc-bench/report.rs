@@ -1,0 +1,179 @@
+//! The bench binary's output: Markdown tables of absolute figures and of ratios to the baselines
+//! measured in the same run, then the issue's targets, each marked met or missed.
+
+use std::fmt::Write as _;
+
+use super::stream::Throughput;
+use super::unary::{Measured, PerCall};
+
+/// The systems compared.
+pub const RPC_TCP: &str = "rdma-rpc tcp";
+/// rdma-rpc over RDMA (only when an RDMA address was given).
+pub const RPC_RDMA: &str = "rdma-rpc rdma";
+/// The raw tokio TCP echo / copy.
+pub const RAW: &str = "raw tokio tcp";
+/// tonic over HTTP/2.
+pub const TONIC: &str = "tonic";
+
+/// One unary cell: a system at a payload size and a number of calls in flight.
+#[derive(Debug)]
+pub struct UnaryRow {
+    /// Payload bytes (each way).
+    pub size: usize,
+    /// Calls in flight.
+    pub in_flight: usize,
+    /// Which system.
+    pub system: &'static str,
+    /// What was measured.
+    pub measured: Measured,
+}
+
+/// Everything one run measured.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Unary round trips.
+    pub unary: Vec<UnaryRow>,
+    /// Stream throughput per system.
+    pub streams: Vec<(&'static str, Throughput)>,
+    /// Allocations per unary call per system, at a payload size.
+    pub allocations: Vec<(&'static str, usize, PerCall)>,
+    /// Why the timings say nothing (a `--quick` smoke run, a debug build), if they don't.
+    pub not_meaningful: Option<&'static str>,
+}
+
+impl Report {
+    fn unary(&self, system: &str, size: usize, in_flight: usize) -> Option<&Measured> {
+        self.unary
+            .iter()
+            .find(|r| r.system == system && r.size == size && r.in_flight == in_flight)
+            .map(|r| &r.measured)
+    }
+
+    fn stream(&self, system: &str) -> Option<&Throughput> {
+        self.streams.iter().find(|(s, _)| *s == system).map(|(_, t)| t)
+    }
+
+    /// The whole report as Markdown.
+    pub fn to_markdown(&self) -> String {
+        let mut out = String::new();
+        self.write_unary(&mut out);
+        self.write_streams(&mut out);
+        self.write_allocations(&mut out);
+        self.write_targets(&mut out);
+        out
+    }
+
+    fn write_unary(&self, out: &mut String) {
+        out.push_str("### Unary echo: round trip (request and reply), one connection per system\n\n");
+        out.push_str(
+            "| payload | in flight | system | p50 µs | p99 µs | p99.9 µs | calls/s | p50 ÷ raw | p50 ÷ tonic | calls/s ÷ raw | calls/s ÷ tonic |\n",
+        );
+        out.push_str("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        for row in &self.unary {
+            let m = &row.measured;
+            let raw = self.unary(RAW, row.size, row.in_flight);
+            let tonic = self.unary(TONIC, row.size, row.in_flight);
+            let p50_vs = |base: Option<&Measured>| ratio(base.map(|b| (m.micros(50.0), b.micros(50.0))));
+            let rate_vs = |base: Option<&Measured>| ratio(base.map(|b| (m.calls_per_sec(), b.calls_per_sec())));
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.0} | {} | {} | {} | {} |",
+                size_name(row.size),
+                row.in_flight,
+                row.system,
+                m.micros(50.0),
+                m.micros(99.0),
+                m.micros(99.9),
+                m.calls_per_sec(),
+                p50_vs(raw),
+                p50_vs(tonic),
+                rate_vs(raw),
+                rate_vs(tonic),
+            );
+        }
+        out.push('\n');
+    }
+
+    fn write_streams(&self, out: &mut String) {
+        out.push_str("### Stream echo: throughput each way (every byte crosses the connection once each way)\n\n");
+        out.push_str("| system | chunk | MiB each way | MB/s each way | ÷ raw TCP copy |\n|---|---:|---:|---:|---:|\n");
+        let raw = self.stream(RAW);
+        for (system, t) in &self.streams {
+            let _ = writeln!(
+                out,
+                "| {system} | {} | {} | {:.0} | {} |",
+                size_name(t.chunk),
+                t.bytes >> 20,
+                t.megabytes_per_sec(),
+                ratio(raw.map(|r| (t.megabytes_per_sec(), r.megabytes_per_sec()))),
+            );
+        }
+        out.push('\n');
+    }
+
+    fn write_allocations(&self, out: &mut String) {
+        out.push_str("### Heap allocations per unary call, steady state, one call in flight\n\n");
+        out.push_str(
+            "| system | payload | client allocs | server allocs | both sides | client bytes | server bytes |\n\
+             |---|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for (system, size, per) in &self.allocations {
+            let _ = writeln!(
+                out,
+                "| {system} | {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} |",
+                size_name(*size),
+                per.client,
+                per.server,
+                per.client + per.server + per.other,
+                per.client_bytes,
+                per.server_bytes,
+            );
+        }
+        out.push('\n');
+    }
+
+    fn write_targets(&self, out: &mut String) {
+        out.push_str("### Targets of issue 5 (ratios within this run)\n\n| target | measured | |\n|---|---:|---|\n");
+        let not_meaningful = self.not_meaningful;
+        let mut target = |name: &str, value: Option<f64>, met: fn(f64) -> bool| {
+            let (shown, verdict) = match (value, not_meaningful) {
+                (Some(v), Some(why)) => (format!("{v:.2}"), why),
+                (Some(v), None) => (format!("{v:.2}"), if met(v) { "met" } else { "missed" }),
+                (None, _) => ("—".to_string(), "not measured"),
+            };
+            let _ = writeln!(out, "| {name} | {shown} | {verdict} |");
+        };
+        let p50 = |system| self.unary(system, 64, 1).map(|m| m.micros(50.0));
+        let rate = |system| self.unary(system, 64, 64).map(|m| m.calls_per_sec());
+        let div = |a: Option<f64>, b: Option<f64>| Some(a? / b?);
+        target("TCP unary p50, 64 B, 1 in flight ÷ raw echo ≤ 1.15", div(p50(RPC_TCP), p50(RAW)), |v| v <= 1.15);
+        target("TCP unary p50, 64 B, 1 in flight ÷ tonic ≤ 0.4", div(p50(RPC_TCP), p50(TONIC)), |v| v <= 0.4);
+        target("TCP calls/s, 64 B, 64 in flight ÷ tonic ≥ 2", div(rate(RPC_TCP), rate(TONIC)), |v| v >= 2.0);
+        let mbps = |system| self.stream(system).map(Throughput::megabytes_per_sec);
+        target("TCP stream throughput ÷ raw TCP copy ≥ 0.8", div(mbps(RPC_TCP), mbps(RAW)), |v| v >= 0.8);
+        let allocs = self
+            .allocations
+            .iter()
+            .find(|(system, size, _)| *system == RPC_TCP && *size == 64)
+            .map(|(_, _, per)| per.client + per.server + per.other);
+        target("TCP heap allocations per unary call (64 B, both sides) ≤ 4", allocs, |v| v <= 4.0);
+        out.push('\n');
+    }
+}
+
+/// `a ÷ b` with two decimals, or a dash when either is missing.
+fn ratio(pair: Option<(f64, f64)>) -> String {
+    match pair {
+        Some((a, b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "—".to_string(),
+    }
+}
+
+/// 64 B, 4 KiB, 1 MiB.
+pub fn size_name(size: usize) -> String {
+    match size {
+        s if s >= 1 << 20 && s % (1 << 20) == 0 => format!("{} MiB", s >> 20),
+        s if s >= 1 << 10 && s % (1 << 10) == 0 => format!("{} KiB", s >> 10),
+        s => format!("{s} B"),
+    }
+}

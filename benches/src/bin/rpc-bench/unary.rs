@@ -1,0 +1,179 @@
+//! Unary round trips: one load generator for every system, so rdma-rpc and its baselines are
+//! timed by the same code.
+//!
+//! [`run`] spawns one task per call in flight on the client runtime; each makes calls back to back
+//! and records, into its own HDR histogram, every round trip that *started* inside the measured
+//! window (after the warm-up). Calls per second = recorded calls / window length.
+//! [`allocations_per_call`] makes calls one at a time and reads the counting allocator around
+//! them.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use rdma_rpc::pb::echo::{EchoClient, EchoRequest};
+use rdma_rpc::transport::Transport;
+use rdma_rpc_benches::alloc_count::{Counts, Side};
+use rdma_rpc_benches::tonic_echo::TonicEchoClient;
+use rdma_rpc_benches::{RawEchoClient, RawPipelinedClient};
+
+/// Round trips above this (10 s, in nanoseconds) are recorded as this.
+const MAX_RECORDED_NS: u64 = 10_000_000_000;
+
+/// Something that echoes a payload and returns the echoed length.
+pub trait Caller: Send + 'static {
+    /// One round trip.
+    fn call(&mut self, request: &EchoRequest) -> impl Future<Output = Result<usize, String>> + Send;
+}
+
+/// An rdma-rpc client over any transport.
+pub struct Rpc<T: Transport>(pub EchoClient<T>);
+
+impl<T: Transport> Caller for Rpc<T> {
+    async fn call(&mut self, request: &EchoRequest) -> Result<usize, String> {
+        let reply = self.0.echo(request).await.map_err(|status| format!("rdma-rpc echo: {status}"))?;
+        Ok(reply.payload.len())
+    }
+}
+
+/// A tonic client (one HTTP/2 connection, shared by clones).
+pub struct Tonic(pub TonicEchoClient<tonic::transport::Channel>);
+
+impl Caller for Tonic {
+    async fn call(&mut self, request: &EchoRequest) -> Result<usize, String> {
+        let reply = self.0.echo(request.clone()).await.map_err(|status| format!("tonic echo: {status}"))?;
+        Ok(reply.into_inner().payload.len())
+    }
+}
+
+/// The raw echo, one round trip at a time on its own connection.
+pub struct Raw(pub RawEchoClient);
+
+impl Caller for Raw {
+    async fn call(&mut self, request: &EchoRequest) -> Result<usize, String> {
+        let back = self.0.round_trip(&request.payload).await.map_err(|err| format!("raw echo: {err}"))?;
+        Ok(back.len())
+    }
+}
+
+/// The raw echo, many round trips in flight on one connection.
+pub struct RawPipelined(pub RawPipelinedClient);
+
+impl Caller for RawPipelined {
+    async fn call(&mut self, request: &EchoRequest) -> Result<usize, String> {
+        self.0.round_trip(request.payload.clone()).await.map_err(|err| format!("raw pipelined echo: {err}"))
+    }
+}
+
+/// What one unary measurement produced.
+#[derive(Debug)]
+pub struct Measured {
+    /// Round-trip times in nanoseconds.
+    pub histogram: Histogram<u64>,
+    /// Round trips recorded in the window.
+    pub calls: u64,
+    /// The window's length.
+    pub window: Duration,
+}
+
+impl Measured {
+    /// Calls per second over the window.
+    pub fn calls_per_sec(&self) -> f64 {
+        self.calls as f64 / self.window.as_secs_f64().max(1e-9)
+    }
+
+    /// A percentile in microseconds.
+    pub fn micros(&self, percentile: f64) -> f64 {
+        self.histogram.value_at_quantile(percentile / 100.0) as f64 / 1000.0
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_RECORDED_NS, 3).expect("1 ns .. 10 s with 3 significant digits are valid bounds")
+}
+
+/// Runs `callers` concurrently (one task each, so `callers.len()` calls in flight) for
+/// `warm_up + window`, recording the round trips that started in the window.
+pub async fn run<C: Caller>(
+    callers: Vec<C>,
+    payload: Bytes,
+    warm_up: Duration,
+    window: Duration,
+) -> Result<Measured, String> {
+    let start = Instant::now() + warm_up;
+    let end = start + window;
+    let mut tasks = Vec::with_capacity(callers.len());
+    for mut caller in callers {
+        let request = EchoRequest { payload: payload.clone() };
+        tasks.push(tokio::spawn(async move {
+            let mut histogram = new_histogram();
+            loop {
+                let started = Instant::now();
+                if started >= end {
+                    return Ok::<_, String>(histogram);
+                }
+                let len = caller.call(&request).await?;
+                if len != request.payload.len() {
+                    return Err(format!("echo returned {len} bytes for {}", request.payload.len()));
+                }
+                if started >= start {
+                    let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    histogram.saturating_record(nanos.clamp(1, MAX_RECORDED_NS));
+                }
+            }
+        }));
+    }
+    let mut histogram = new_histogram();
+    for task in tasks {
+        let part = task.await.map_err(|err| format!("a load task failed: {err}"))??;
+        histogram.add(&part).map_err(|err| format!("histograms merge: {err}"))?;
+    }
+    Ok(Measured { calls: histogram.len(), histogram, window })
+}
+
+/// Heap allocations per call, by side, in steady state: `warm_up` calls first, then `calls` calls
+/// one at a time between two readings of the counting allocator. Runs in a task of the client
+/// runtime, so the caller's allocations count as [`Side::Client`].
+pub async fn allocations_per_call<C: Caller>(
+    mut caller: C,
+    payload: Bytes,
+    warm_up: u64,
+    calls: u64,
+) -> Result<PerCall, String> {
+    let task = tokio::spawn(async move {
+        let request = EchoRequest { payload };
+        for _ in 0..warm_up {
+            caller.call(&request).await?;
+        }
+        let before = Counts::now();
+        for _ in 0..calls {
+            caller.call(&request).await?;
+        }
+        let delta = Counts::now().since(&before);
+        let per = |side| delta.allocations(side) as f64 / calls.max(1) as f64;
+        let bytes = |side| delta.bytes(side) as f64 / calls.max(1) as f64;
+        Ok::<_, String>(PerCall {
+            client: per(Side::Client),
+            server: per(Side::Server),
+            other: per(Side::Other),
+            client_bytes: bytes(Side::Client),
+            server_bytes: bytes(Side::Server),
+        })
+    });
+    task.await.map_err(|err| format!("the allocation task failed: {err}"))?
+}
+
+/// Allocations (and bytes allocated) per call, by side.
+#[derive(Debug, Clone, Copy)]
+pub struct PerCall {
+    /// On the client runtime's threads.
+    pub client: f64,
+    /// On the server runtime's threads.
+    pub server: f64,
+    /// Anywhere else (the main thread, tokio's blocking pool).
+    pub other: f64,
+    /// Bytes allocated on the client side.
+    pub client_bytes: f64,
+    /// Bytes allocated on the server side.
+    pub server_bytes: f64,
+}

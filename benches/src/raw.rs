@@ -1,0 +1,247 @@
+//! Plain tokio TCP baselines, no RPC, no protobuf: what an RPC over TCP is measured against.
+//!
+//! - [`RawEchoServer`]: every message is a big-endian `u32` length and that many bytes, written
+//!   back unchanged. [`RawEchoClient`] makes one round trip at a time; [`RawPipelinedClient`]
+//!   keeps many in flight on one connection (a writer task batching queued requests into one
+//!   write, a reader task answering them in order), the counterpart of calls multiplexed over one
+//!   rdma-rpc or HTTP/2 connection.
+//! - [`RawCopyServer`]: a byte stream copied back as it arrives (a plain read/write loop), the
+//!   baseline for stream throughput; [`raw_copy_stream`] drives it.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// A plain tokio TCP echo server: every message is a big-endian `u32` length followed by that
+/// many bytes, and is written back unchanged. No framing library, no protobuf, no RPC: the
+/// floor an RPC round trip over TCP can be compared with.
+#[derive(Debug)]
+pub struct RawEchoServer {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl RawEchoServer {
+    /// Binds 127.0.0.1 on a free port and echoes on every accepted connection, each in a task of
+    /// the current runtime.
+    pub async fn start() -> io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    // A connection ends with its peer; errors only end that connection.
+                    let _ = raw_echo_connection(stream).await;
+                });
+            }
+        });
+        Ok(RawEchoServer { addr, task })
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A new connection to the server.
+    pub async fn client(&self) -> io::Result<RawEchoClient> {
+        let stream = TcpStream::connect(self.addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(RawEchoClient { stream, out: Vec::new(), back: Vec::new() })
+    }
+}
+
+impl Drop for RawEchoServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn raw_echo_connection(mut stream: TcpStream) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut buf = Vec::new();
+    loop {
+        let len = match stream.read_u32().await {
+            Ok(len) => len,
+            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(err) => return Err(err),
+        };
+        buf.clear();
+        buf.extend_from_slice(&len.to_be_bytes());
+        buf.resize(4 + usize::try_from(len).map_err(io::Error::other)?, 0);
+        stream.read_exact(&mut buf[4..]).await?;
+        stream.write_all(&buf).await?;
+    }
+}
+
+/// The client side of [`RawEchoServer`]: one connection, buffers reused between round trips.
+#[derive(Debug)]
+pub struct RawEchoClient {
+    stream: TcpStream,
+    out: Vec<u8>,
+    back: Vec<u8>,
+}
+
+impl RawEchoClient {
+    /// Sends `payload` as one length-prefixed message (one write) and reads the echo back; returns
+    /// the echoed bytes.
+    pub async fn round_trip(&mut self, payload: &[u8]) -> io::Result<&[u8]> {
+        let len = u32::try_from(payload.len()).map_err(io::Error::other)?;
+        self.out.clear();
+        self.out.extend_from_slice(&len.to_be_bytes());
+        self.out.extend_from_slice(payload);
+        self.stream.write_all(&self.out).await?;
+        let back_len = usize::try_from(self.stream.read_u32().await?).map_err(io::Error::other)?;
+        self.back.resize(back_len, 0);
+        self.stream.read_exact(&mut self.back).await?;
+        Ok(&self.back)
+    }
+}
+
+/// A request of [`RawPipelinedClient`]: the payload and where its echo's length goes.
+type Pending = (Bytes, oneshot::Sender<io::Result<usize>>);
+
+/// Many round trips in flight on one raw echo connection; clones share the connection.
+#[derive(Debug, Clone)]
+pub struct RawPipelinedClient {
+    requests: mpsc::UnboundedSender<Pending>,
+}
+
+impl RawPipelinedClient {
+    /// A new connection to `server`, with its writer and reader tasks in the current runtime.
+    pub async fn connect(server: &RawEchoServer) -> io::Result<Self> {
+        let stream = TcpStream::connect(server.addr).await?;
+        stream.set_nodelay(true)?;
+        let (mut read, mut write) = stream.into_split();
+        let (requests, mut queued) = mpsc::unbounded_channel::<Pending>();
+        let (waiting_tx, mut waiting) = mpsc::unbounded_channel::<oneshot::Sender<io::Result<usize>>>();
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            while let Some(first) = queued.recv().await {
+                out.clear();
+                let mut next = Some(first);
+                // Everything queued goes out in one write, as rdma-rpc's writer batches frames.
+                while let Some((payload, reply)) = next {
+                    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+                    out.extend_from_slice(&payload);
+                    if waiting_tx.send(reply).is_err() {
+                        return;
+                    }
+                    next = queued.try_recv().ok();
+                }
+                if write.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            let mut back = Vec::new();
+            let mut order = VecDeque::new();
+            loop {
+                let result = async {
+                    let len = usize::try_from(read.read_u32().await?).map_err(io::Error::other)?;
+                    back.resize(len, 0);
+                    read.read_exact(&mut back).await?;
+                    Ok::<usize, io::Error>(len)
+                }
+                .await;
+                while order.is_empty() {
+                    match waiting.recv().await {
+                        Some(reply) => order.push_back(reply),
+                        None => return,
+                    }
+                }
+                let failed = result.is_err();
+                if let Some(reply) = order.pop_front() {
+                    let _ = reply.send(result);
+                }
+                if failed {
+                    return;
+                }
+            }
+        });
+        Ok(RawPipelinedClient { requests })
+    }
+
+    /// Sends `payload` and waits for its echo; returns the echoed length.
+    pub async fn round_trip(&self, payload: Bytes) -> io::Result<usize> {
+        let (reply, answer) = oneshot::channel();
+        self.requests.send((payload, reply)).map_err(|_| io::Error::other("the connection's tasks ended"))?;
+        answer.await.map_err(|_| io::Error::other("the connection's tasks ended"))?
+    }
+}
+
+/// Copies every byte it reads back to the sender: a plain `read` / `write_all` loop with a 1 MiB
+/// buffer per connection.
+#[derive(Debug)]
+pub struct RawCopyServer {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl RawCopyServer {
+    /// Binds 127.0.0.1 on a free port and copies on every accepted connection.
+    pub async fn start() -> io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 1 << 20];
+                    loop {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                if stream.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Ok(RawCopyServer { addr, task })
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for RawCopyServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Writes `count` copies of `chunk` to a [`RawCopyServer`] while reading the copy back; returns
+/// when every byte came back. Bytes each way = `count × chunk.len()`.
+pub async fn raw_copy_stream(server: &RawCopyServer, chunk: Bytes, count: usize) -> io::Result<()> {
+    let stream = TcpStream::connect(server.addr).await?;
+    stream.set_nodelay(true)?;
+    let (mut read, mut write) = stream.into_split();
+    let total = chunk.len() * count;
+    let writer = tokio::spawn(async move {
+        for _ in 0..count {
+            write.write_all(&chunk).await?;
+        }
+        write.shutdown().await
+    });
+    let mut buf = vec![0u8; 1 << 20];
+    let mut received = 0;
+    while received < total {
+        match read.read(&mut buf).await? {
+            0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the copy ended early")),
+            n => received += n,
+        }
+    }
+    writer.await.map_err(io::Error::other)?
+}
