@@ -44,8 +44,10 @@ const SIZES: [usize; 3] = [64, 4 * 1024, 64 * 1024];
 const IN_FLIGHT: [usize; 2] = [1, 64];
 /// Stream chunk size over TCP.
 const CHUNK: usize = 1 << 20;
-/// Stream chunk size over RDMA: one message must fit one registered buffer (128 KiB by default).
-const RDMA_CHUNK: usize = 64 * 1024;
+/// Stream chunk size over RDMA: 1 MiB less 4 KiB, so that a chunk with its frame header fits the
+/// transport's 1 MiB large-buffer class (larger messages use the 16 MiB class, of which there are
+/// only two per connection).
+const RDMA_CHUNK: usize = (1 << 20) - 4096;
 
 /// rdma-rpc against raw tokio TCP and tonic, side by side.
 #[derive(Debug, Parser)]
