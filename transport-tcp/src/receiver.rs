@@ -39,8 +39,8 @@ pub struct TcpReceiver {
     read_reserve: usize,
     /// Below this much spare capacity the buffer is topped up before a read.
     min_spare: usize,
-    /// Empty handles on earlier allocations, reusable once all their messages are dropped.
-    /// Empty handles on earlier allocations with their sizes, oldest first.
+    /// Empty handles on earlier allocations with their sizes, oldest first, reusable once all
+    /// their messages are dropped.
     spares: Vec<(BytesMut, usize)>,
     /// Size of the allocation `buf` is in (capacity as reserved).
     buf_size: usize,
