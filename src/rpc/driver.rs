@@ -21,7 +21,7 @@ use crate::pb::rpc as pb;
 use crate::session::{Event, Role, Session, SessionConfig, Transmit};
 use crate::status::Status;
 use crate::transport::{FrameReceiver, Transport};
-use crate::wire::{Frame, Kind, WireLimits};
+use crate::wire::{Frame, HEADER_LEN, Kind, WireLimits};
 
 /// Per-call bookkeeping in the driver.
 struct Slot {
@@ -283,6 +283,13 @@ fn apply_ctl<B: crate::transport::SendBuffer>(
             let len = body.len() as u64;
             queue_send(session, slots, id, kind, Outgoing::Bytes(body), end, ack, len);
             if end && session.role() == Role::Server {
+                finish_slot(slots, id, Status::ok());
+            }
+        }
+        CallCommand::Reply { id, body } => {
+            let len = body.len().saturating_sub(HEADER_LEN) as u64;
+            queue_send(session, slots, id, Kind::Message, Outgoing::Framed(body), true, None, len);
+            if session.role() == Role::Server {
                 finish_slot(slots, id, Status::ok());
             }
         }
