@@ -26,3 +26,58 @@ async fn generated_unary_method_computes() {
     let sum = client.add(&Numbers { values: vec![1, 2, 3, -10] }).await.expect("add");
     assert_eq!((sum.total, sum.count), (-4, 4));
 }
+
+/// A service whose handlers panic: "/t.Panic/Now" in its first poll (the driver polls a new
+/// handler once inline), "/t.Panic/Later" after it was given a task of its own.
+struct Panicking;
+
+impl rdma_rpc::rpc::Service for Panicking {
+    fn name(&self) -> &'static str {
+        "t.Panic"
+    }
+    fn methods(&self) -> &'static [&'static str] {
+        &["/t.Panic/Now", "/t.Panic/Later"]
+    }
+    fn call(
+        &self,
+        method: &str,
+        call: rdma_rpc::rpc::ServerCall,
+    ) -> Result<rdma_rpc::rpc::HandlerFuture, rdma_rpc::rpc::ServerCall> {
+        let later = method == "/t.Panic/Later";
+        Ok(Box::pin(async move {
+            if later {
+                tokio::task::yield_now().await;
+            }
+            let _call = call;
+            panic!("test handler panics");
+        }))
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_handler_ends_its_call_and_not_the_connection() {
+    let listener = rdma_rpc::transport::tcp::TcpListener::bind("127.0.0.1:0", Default::default()).await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let mut router = rdma_rpc::rpc::Router::default();
+    router.add(Panicking);
+    router.add(rdma_rpc::echo::EchoService::server());
+    let server = rdma_rpc::rpc::Server::new(router, Default::default());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        server.serve_tcp(listener, shutdown, std::time::Duration::from_secs(5)).await.expect("serve");
+    });
+    let connection = rdma_rpc::transport::tcp::TcpConnection::connect(addr, Default::default()).await.expect("connect");
+    let client = rdma_rpc::rpc::Client::connect(connection, Default::default()).await.expect("handshake");
+    for method in ["/t.Panic/Now", "/t.Panic/Later", "/t.Panic/Now"] {
+        let err = client.unary::<EchoRequest, EchoRequest>(method, &EchoRequest::default()).await.expect_err(method);
+        assert_eq!(err.code, rdma_rpc::Code::Internal, "{method}: {err}");
+        let echo = EchoClient::new(client.clone());
+        let reply = echo.echo(&EchoRequest { payload: Bytes::from_static(b"still here") }).await.expect("echo");
+        assert_eq!(&reply.payload[..], b"still here");
+    }
+    let _ = stop.send(());
+    task.await.expect("server task");
+}

@@ -106,6 +106,16 @@ pub(crate) fn encode_to_bytes<M: Message>(message: &M) -> Bytes {
     buf.freeze()
 }
 
+/// Encodes a message into fresh heap bytes behind `HEADER_LEN` bytes of room, for the writer to
+/// back-patch the frame header into (a server's unary reply: no separate header buffer).
+pub(crate) fn encode_framed<M: Message>(message: &M) -> Bytes {
+    let mut buf = BytesMut::with_capacity(HEADER_LEN + message.encoded_len());
+    buf.put_bytes(0, HEADER_LEN);
+    // Cannot fail: the buffer was sized by `encoded_len` and BytesMut grows anyway.
+    let _ = message.encode(&mut buf);
+    buf.freeze()
+}
+
 /// Decodes a message from the bytes of a received frame (zero copy for `bytes` fields).
 pub(crate) fn decode<M: Message + Default>(bytes: Bytes) -> Result<M, Status> {
     M::decode(bytes).map_err(|err| {

@@ -23,6 +23,9 @@ pub(crate) enum Outgoing<B> {
     Buf(B),
     /// A payload that follows a separately encoded header (never copied by TCP).
     Bytes(Bytes),
+    /// Heap bytes holding `HEADER_LEN` bytes of room for the header, then the body (written with
+    /// one buffer less than `Bytes`).
+    Framed(Bytes),
 }
 
 impl<B: SendBuffer> Body for Outgoing<B> {
@@ -30,6 +33,7 @@ impl<B: SendBuffer> Body for Outgoing<B> {
         match self {
             Outgoing::Buf(buf) => buf.len().saturating_sub(HEADER_LEN),
             Outgoing::Bytes(bytes) => bytes.len(),
+            Outgoing::Framed(bytes) => bytes.len().saturating_sub(HEADER_LEN),
         }
     }
 }
@@ -92,6 +96,8 @@ pub(crate) enum BufCommand<B> {
 pub(crate) enum CallCommand {
     /// Send a MESSAGE or DATA frame whose body is `body`.
     SendBytes { id: u64, kind: Kind, body: Bytes, end: bool, ack: Option<oneshot::Sender<()>> },
+    /// Server: the last MESSAGE of a call, encoded behind `HEADER_LEN` bytes of room.
+    Reply { id: u64, body: Bytes },
     /// Half-close.
     End { id: u64 },
     /// Server: end the call with this status. Client: cancel it.

@@ -15,13 +15,13 @@ use tracing::Instrument as _;
 
 use super::command::{BufCommand, CallCommand, CallEvent, CallShared, MethodName, Outgoing};
 use super::now;
-use super::server::{RequestContext, Router, ServerCall};
+use super::server::{HandlerFuture, RequestContext, Router, ServerCall};
 use super::writer::write_loop;
 use crate::pb::rpc as pb;
 use crate::session::{Event, Role, Session, SessionConfig, Transmit};
 use crate::status::Status;
 use crate::transport::{FrameReceiver, Transport};
-use crate::wire::{Frame, Kind, WireLimits};
+use crate::wire::{Frame, HEADER_LEN, Kind, WireLimits};
 
 /// Per-call bookkeeping in the driver.
 struct Slot {
@@ -81,6 +81,8 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
         Err(err) => return Status::internal(err.to_string()),
     };
     let mut slots: HashMap<u64, Slot> = HashMap::new();
+    // Handlers routed in this pass, polled once inline before any is given a task of its own.
+    let mut fresh: Vec<Fresh> = Vec::new();
     let sleep = tokio::time::sleep_until(now().into());
     tokio::pin!(sleep);
     let mut armed: Option<Instant> = None;
@@ -110,7 +112,21 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
                 if let Event::ConnectionClosed(status) = &event {
                     final_status = status.clone();
                 }
-                dispatch(event, &mut session, &mut slots, router.as_deref(), &ctl_tx, &peer);
+                dispatch(event, &mut session, &mut slots, router.as_deref(), &ctl_tx, &peer, &mut fresh);
+            }
+            if !fresh.is_empty() {
+                for handler in fresh.drain(..) {
+                    run_fresh(handler, &mut slots, &ctl_tx);
+                }
+                // What they sent (a unary reply) goes out in this pass, not after another select.
+                // Only a server runs handlers, and a server has no buffer queue whose order the
+                // control queue would have to keep.
+                if buf_rx.is_none() {
+                    while let Ok(cmd) = ctl_rx.try_recv() {
+                        apply_ctl(cmd, &mut session, &mut slots);
+                    }
+                }
+                progressed = true;
             }
             if !progressed {
                 break;
@@ -270,6 +286,13 @@ fn apply_ctl<B: crate::transport::SendBuffer>(
                 finish_slot(slots, id, Status::ok());
             }
         }
+        CallCommand::Reply { id, body } => {
+            let len = body.len().saturating_sub(HEADER_LEN) as u64;
+            queue_send(session, slots, id, Kind::Message, Outgoing::Framed(body), true, None, len);
+            if session.role() == Role::Server {
+                finish_slot(slots, id, Status::ok());
+            }
+        }
         CallCommand::End { id } => {
             let _ = session.end_stream(id);
         }
@@ -337,6 +360,44 @@ fn close_slot(slot: Slot, id: u64, status: Status) {
     );
 }
 
+/// A handler routed but not polled yet.
+struct Fresh {
+    id: u64,
+    future: HandlerFuture,
+    span: tracing::Span,
+}
+
+/// Polls a new handler once, inline, with the events dispatched so far already in its queue: a
+/// unary handler that answers at once (an echo) then needs no task, no wake-up and no hop back to
+/// the driver. One that is not done is spawned as before; its task polls it again at once, so
+/// the no-op waker of the inline poll is never the one it waits on. A panic ends the call as the
+/// spawned guard would.
+fn run_fresh(handler: Fresh, slots: &mut HashMap<u64, Slot>, ctl: &mpsc::UnboundedSender<CallCommand>) {
+    let Fresh { id, mut future, span } = handler;
+    // Closed in the same pass (cancelled, connection failed): never started, as an aborted task.
+    let Some(slot) = slots.get_mut(&id) else { return };
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let polled =
+        span.in_scope(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.as_mut().poll(&mut cx))));
+    match polled {
+        Ok(std::task::Poll::Ready(())) => {}
+        Ok(std::task::Poll::Pending) => {
+            let panic_ctl = ctl.clone();
+            let guarded = async move {
+                if std::panic::AssertUnwindSafe(future).catch_unwind().await.is_err() {
+                    let status = Status::internal("the server's handler panicked");
+                    let _ = panic_ctl.send(CallCommand::Finish { id, status });
+                }
+            };
+            slot.handler = Some(tokio::spawn(guarded.instrument(span)).abort_handle());
+        }
+        Err(_) => {
+            let status = Status::internal("the server's handler panicked");
+            let _ = ctl.send(CallCommand::Finish { id, status });
+        }
+    }
+}
+
 fn dispatch<B: crate::transport::SendBuffer>(
     event: Event,
     session: &mut Session<Outgoing<B>>,
@@ -344,6 +405,7 @@ fn dispatch<B: crate::transport::SendBuffer>(
     router: Option<&Router>,
     ctl: &mpsc::UnboundedSender<CallCommand>,
     peer: &Arc<str>,
+    fresh: &mut Vec<Fresh>,
 ) {
     match event {
         Event::Incoming { id, header } => {
@@ -358,19 +420,12 @@ fn dispatch<B: crate::transport::SendBuffer>(
             match routed {
                 Ok((method, future)) => {
                     let span = tracing::info_span!("rpc", method = %method, peer = %peer, call = id);
-                    let panic_ctl = ctl.clone();
-                    let guarded = async move {
-                        if std::panic::AssertUnwindSafe(future).catch_unwind().await.is_err() {
-                            let status = Status::internal("the server's handler panicked");
-                            let _ = panic_ctl.send(CallCommand::Finish { id, status });
-                        }
-                    };
-                    let handle = tokio::spawn(guarded.instrument(span));
+                    fresh.push(Fresh { id, future, span });
                     let slot = Slot {
                         events,
                         shared,
                         acks: VecDeque::new(),
-                        handler: Some(handle.abort_handle()),
+                        handler: None,
                         method: MethodName::Static(method),
                         started: now(),
                         bytes_in: 0,

@@ -23,7 +23,6 @@ use crate::status::Status;
 use crate::transport::Transport;
 use crate::transport::rdma::{Accepted, RdmaConfig};
 use crate::transport::tcp::{TcpHalves, TcpListener};
-use crate::wire::Kind;
 
 /// A running handler.
 pub type HandlerFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
@@ -106,8 +105,8 @@ pub struct Finisher {
 impl Finisher {
     /// Ends the call with a final message (success).
     pub fn reply<M: Message>(self, message: &M) {
-        let body = codec::encode_to_bytes(message);
-        let _ = self.ctl.send(CallCommand::SendBytes { id: self.id, kind: Kind::Message, body, end: true, ack: None });
+        let body = codec::encode_framed(message);
+        let _ = self.ctl.send(CallCommand::Reply { id: self.id, body });
     }
 
     /// Ends the call with `status` (`Ok` after a response stream).

@@ -53,6 +53,23 @@ where
             patch_header(&header, &mut buf)?;
             sender.feed(buf)
         }
+        Transmit::Data { header, body: Outgoing::Framed(framed) } => match framed.try_into_mut() {
+            // Always the case: the reply's bytes were made for this frame and are not shared.
+            Ok(mut framed) => {
+                let room = framed
+                    .get_mut(..HEADER_LEN)
+                    .and_then(|s| <&mut [u8; HEADER_LEN]>::try_from(s).ok())
+                    .ok_or_else(|| TransportError::Other("framed body has no room for the header".into()))?;
+                header.write_to(room);
+                let head = buffer(alloc, sender, 0).await?;
+                sender.feed_with_payload(head, framed.freeze())
+            }
+            Err(framed) => {
+                let mut head = buffer(alloc, sender, HEADER_LEN).await?;
+                header.encode(head.writer());
+                sender.feed_with_payload(head, framed.slice(HEADER_LEN.min(framed.len())..))
+            }
+        },
         Transmit::Data { header, body: Outgoing::Bytes(payload) } => {
             let mut head = buffer(alloc, sender, HEADER_LEN).await?;
             header.encode(head.writer());
