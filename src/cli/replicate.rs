@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 use super::args::{PushArgs, ReplicateArgs, SendFlags};
 use super::error::CliError;
 use super::url::Endpoint as Url;
-use crate::pb::replication::{FilesystemVersion, ReplicationClient};
+use crate::pb::replication::{FilesystemVersion, PingReq, ReplicationClient};
 use crate::replication::endpoint::{Endpoint, SendStream};
 use crate::replication::error::ReplicationError;
 use crate::replication::plan::Step;
 use crate::replication::process::CommandLine;
 use crate::replication::progress::{Progress, human_bytes};
-use crate::replication::push::{TransferOptions, send_stream};
+use crate::replication::push::{StepDone, TransferOptions, send_stream};
 use crate::replication::replicate::{ReplicateOptions, replicate};
 use crate::rpc::{ConnectOptions, Connection, connect};
 
@@ -115,6 +115,21 @@ fn piped_version(name: &str) -> FilesystemVersion {
     }
 }
 
+/// Sends one stream over a connected client, compressing only if the receiver offers zstd.
+async fn push_over<T: crate::transport::Transport>(
+    client: crate::rpc::Client<T>,
+    step: &Step,
+    stream: SendStream,
+    expected: u64,
+    options: &TransferOptions,
+    progress: &Progress,
+) -> Result<StepDone, ReplicationError> {
+    let client = ReplicationClient::new(client);
+    let features = client.ping(&PingReq { message: "rdma-rpc push".into() }).await?.features;
+    let compress = options.compress && features.iter().any(|f| f == "zstd");
+    send_stream(&client, step, stream, expected, compress, options, progress).await
+}
+
 /// Runs `push`.
 pub async fn run_push(args: PushArgs) -> Result<(), CliError> {
     let (filesystem, snapshot) = args.name.split_once('@').ok_or_else(|| {
@@ -148,30 +163,8 @@ pub async fn run_push(args: PushArgs) -> Result<(), CliError> {
         .await
         .map_err(|err| CliError::connect(&args.url.to_string(), err))?;
     let result = match connected {
-        Connection::Tcp { client, .. } => {
-            send_stream(
-                &ReplicationClient::new(client),
-                &step,
-                stream,
-                expected,
-                args.send.compress,
-                &options,
-                &progress,
-            )
-            .await
-        }
-        Connection::Rdma(client) => {
-            send_stream(
-                &ReplicationClient::new(client),
-                &step,
-                stream,
-                expected,
-                args.send.compress,
-                &options,
-                &progress,
-            )
-            .await
-        }
+        Connection::Tcp { client, .. } => push_over(client, &step, stream, expected, &options, &progress).await,
+        Connection::Rdma(client) => push_over(client, &step, stream, expected, &options, &progress).await,
     };
     progress.finish();
     let _ = reporter.await;
