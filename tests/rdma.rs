@@ -89,6 +89,24 @@ fn large_pattern(len: usize, seed: u8) -> Bytes {
 
 /// Where two payloads first differ, for a failure message that says more than "not equal" (the
 /// comparison itself is a memcmp: a byte loop is slow in an unoptimised build in an emulated guest).
+/// Streams `chunks` copies of `base` as raw data, chunk `i` carrying `i` (big-endian) at byte
+/// `at`, so loss, duplication and reordering all show; then finishes the stream.
+fn spawn_numbered_chunks<T: Transport, M: prost::Message + 'static>(
+    mut requests: rdma_rpc::rpc::CallSender<T, M>,
+    base: Bytes,
+    chunks: u64,
+    at: usize,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for index in 0..chunks {
+            let mut chunk = BytesMut::from(&base[..]);
+            chunk[at..at + 8].copy_from_slice(&index.to_be_bytes());
+            requests.send_data(chunk.freeze()).await.expect("send");
+        }
+        requests.finish().await.expect("finish");
+    })
+}
+
 fn first_difference(got: &[u8], expected: &[u8]) -> Option<usize> {
     if got == expected {
         return None;
@@ -144,18 +162,8 @@ async fn rdma_stream_64_mib_each_way_byte_for_byte() {
     const CHUNK: usize = 64 * 1024;
     const CHUNKS: u64 = 1024; // 64 MiB
     let base = pattern(CHUNK, 3);
-    let (mut requests, mut replies) = echo.pipe().await.expect("open");
-    let producer = {
-        let base = base.clone();
-        tokio::spawn(async move {
-            for index in 0..CHUNKS {
-                let mut chunk = BytesMut::from(&base[..]);
-                chunk[..8].copy_from_slice(&index.to_be_bytes());
-                requests.send_data(chunk.freeze()).await.expect("send");
-            }
-            requests.finish().await.expect("finish");
-        })
-    };
+    let (requests, mut replies) = echo.pipe().await.expect("open");
+    let producer = spawn_numbered_chunks(requests, base.clone(), CHUNKS, 0);
     let mut index = 0u64;
     while let Some(data) = replies.data().await.expect("stream") {
         assert_eq!(data.len(), CHUNK);
@@ -246,18 +254,8 @@ async fn rdma_stream_64_mib_in_1_mib_messages_each_way() {
     const CHUNK: usize = 1 << 20;
     const CHUNKS: u64 = 64;
     let base = large_pattern(CHUNK, 5);
-    let (mut requests, mut replies) = echo.pipe().await.expect("open");
-    let producer = {
-        let base = base.clone();
-        tokio::spawn(async move {
-            for index in 0..CHUNKS {
-                let mut chunk = BytesMut::from(&base[..]);
-                chunk[CHUNK - 8..].copy_from_slice(&index.to_be_bytes());
-                requests.send_data(chunk.freeze()).await.expect("send 1 MiB");
-            }
-            requests.finish().await.expect("finish");
-        })
-    };
+    let (requests, mut replies) = echo.pipe().await.expect("open");
+    let producer = spawn_numbered_chunks(requests, base.clone(), CHUNKS, CHUNK - 8);
     let mut index = 0u64;
     while let Some(data) = replies.data().await.expect("stream") {
         assert_eq!(data.len(), CHUNK, "message {index}");
@@ -281,18 +279,8 @@ async fn rdma_large_stream_and_large_calls_share_the_buffers() {
     const CHUNK: usize = 1 << 20;
     const CHUNKS: u64 = 16;
     let base = large_pattern(CHUNK, 21);
-    let (mut requests, mut replies) = echo.pipe().await.expect("open");
-    let producer = {
-        let base = base.clone();
-        tokio::spawn(async move {
-            for index in 0..CHUNKS {
-                let mut chunk = BytesMut::from(&base[..]);
-                chunk[..8].copy_from_slice(&index.to_be_bytes());
-                requests.send_data(chunk.freeze()).await.expect("send");
-            }
-            requests.finish().await.expect("finish");
-        })
-    };
+    let (requests, mut replies) = echo.pipe().await.expect("open");
+    let producer = spawn_numbered_chunks(requests, base.clone(), CHUNKS, 0);
     let mut calls = tokio::task::JoinSet::new();
     for task in 0..4u8 {
         let echo = echo.clone();
