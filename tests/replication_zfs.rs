@@ -31,15 +31,25 @@ fn zfs_unavailable() -> Option<String> {
     None
 }
 
-/// Starts the zfs-fuse daemon unless it runs, and waits until `zpool list` answers.
+/// Starts the zfs-fuse daemon unless one answers, and waits until `zpool list` does. A daemon that
+/// is running but does not answer within 5 s (e.g. one shutting down) gets a new one started.
 fn ensure_daemon() {
+    let answers = || Command::new("zpool").arg("list").output().map(|o| o.status.success()).unwrap_or(false);
+    let start = || {
+        let _ = Command::new("zfs-fuse").args(["--pidfile", "/run/zfs-fuse-rdma-rpc-test.pid"]).status();
+    };
     let running = Command::new("pgrep").args(["-x", "zfs-fuse"]).status().map(|s| s.success()).unwrap_or(false);
     if !running {
-        let _ = Command::new("zfs-fuse").args(["--pidfile", "/run/zfs-fuse-rdma-rpc-test.pid"]).status();
+        start();
     }
-    let start = Instant::now();
-    while !Command::new("zpool").arg("list").output().map(|o| o.status.success()).unwrap_or(false) {
-        assert!(start.elapsed() < Duration::from_secs(20), "zfs-fuse did not come up");
+    let begin = Instant::now();
+    let mut restarted = !running;
+    while !answers() {
+        if !restarted && begin.elapsed() > Duration::from_secs(5) {
+            start();
+            restarted = true;
+        }
+        assert!(begin.elapsed() < Duration::from_secs(30), "zfs-fuse did not come up");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
