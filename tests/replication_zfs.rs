@@ -31,25 +31,42 @@ fn zfs_unavailable() -> Option<String> {
     None
 }
 
+const PIDFILE: &str = "/run/zfs-fuse-rdma-rpc-test.pid";
+
+/// Starts zfs-fuse, first removing a pidfile left by a daemon that no longer runs (zfs-fuse exits
+/// with status 1, saying nothing, when its pidfile exists). Returns what the start printed.
+fn start_daemon() -> String {
+    if let Ok(pid) = std::fs::read_to_string(PIDFILE) {
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", pid.trim())).unwrap_or_default();
+        if comm.trim() != "zfs-fuse" {
+            let _ = std::fs::remove_file(PIDFILE);
+        }
+    }
+    match Command::new("zfs-fuse").args(["--pidfile", PIDFILE]).output() {
+        Ok(out) => format!(
+            "zfs-fuse exited with {}: {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => format!("zfs-fuse could not start: {e}"),
+    }
+}
+
 /// Starts the zfs-fuse daemon unless one answers, and waits until `zpool list` does. A daemon that
 /// is running but does not answer within 5 s (e.g. one shutting down) gets a new one started.
 fn ensure_daemon() {
     let answers = || Command::new("zpool").arg("list").output().map(|o| o.status.success()).unwrap_or(false);
-    let start = || {
-        let _ = Command::new("zfs-fuse").args(["--pidfile", "/run/zfs-fuse-rdma-rpc-test.pid"]).status();
-    };
     let running = Command::new("pgrep").args(["-x", "zfs-fuse"]).status().map(|s| s.success()).unwrap_or(false);
-    if !running {
-        start();
-    }
+    let mut started = if running { String::new() } else { start_daemon() };
     let begin = Instant::now();
     let mut restarted = !running;
     while !answers() {
         if !restarted && begin.elapsed() > Duration::from_secs(5) {
-            start();
+            started = start_daemon();
             restarted = true;
         }
-        assert!(begin.elapsed() < Duration::from_secs(30), "zfs-fuse did not come up");
+        assert!(begin.elapsed() < Duration::from_secs(30), "zfs-fuse did not come up; {started}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
