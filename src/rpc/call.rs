@@ -231,8 +231,11 @@ impl<T: Transport, M: Message> CallSender<T, M> {
     /// Ends the request stream and waits until everything sent passed flow control.
     pub async fn finish(mut self) -> Result<(), Status> {
         self.half_close.armed = false;
+        // The last frame may still sit in the other command queue: the half-close goes once the
+        // session holds it, so it cannot overtake it.
+        self.wait_previous().await?;
         let _ = self.client.ctl().send(CallCommand::End { id: self.id });
-        self.wait_previous().await
+        Ok(())
     }
 
     async fn wait_previous(&mut self) -> Result<(), Status> {

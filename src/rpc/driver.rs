@@ -2,8 +2,9 @@
 //! moves frames between it, the transport and the call handles. It is deliberately thin: every
 //! protocol decision is the session's.
 //!
-//! A second task, the writer (`writer.rs`), owns the transport's sending half, so the driver never
-//! blocks on a full socket and can always read (two peers sending at once cannot deadlock).
+//! The driver also writes: frames the session releases go to the [`Outbox`] and are flushed from
+//! inside the driver's `select!`, cancel-safely, so it never blocks on a full socket and can always
+//! read (two peers sending at once cannot deadlock), without a writer task's hop per frame.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -15,13 +16,16 @@ use tracing::Instrument as _;
 
 use super::command::{BufCommand, CallCommand, CallEvent, CallShared, MethodName, Outgoing};
 use super::now;
+use super::outbox::Outbox;
 use super::server::{HandlerFuture, RequestContext, Router, ServerCall};
-use super::writer::write_loop;
 use crate::pb::rpc as pb;
 use crate::session::{Event, Role, Session, SessionConfig, Transmit};
 use crate::status::Status;
 use crate::transport::{FrameReceiver, Transport};
 use crate::wire::{Frame, HEADER_LEN, Kind, WireLimits};
+
+/// Commands or received frames taken in one pass of the driver before its frames are written.
+const BATCH: usize = 64;
 
 /// Per-call bookkeeping in the driver.
 struct Slot {
@@ -74,8 +78,7 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
         closed,
     } = setup;
     let limits = WireLimits { max_frame_size: config.max_frame_size };
-    let (tx_out, rx_out) = mpsc::unbounded_channel();
-    let mut writer = tokio::spawn(write_loop(alloc, sender, rx_out));
+    let mut outbox = Outbox::new(alloc, sender);
     let mut session: Session<Outgoing<T::Buf>> = match Session::new(role, config, now()) {
         Ok(session) => session,
         Err(err) => return Status::internal(err.to_string()),
@@ -86,7 +89,7 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
     let sleep = tokio::time::sleep_until(now().into());
     tokio::pin!(sleep);
     let mut armed: Option<Instant> = None;
-    let mut writer_done = false;
+    let mut send_failed = false;
     let mut final_status = Status::ok();
 
     loop {
@@ -94,11 +97,15 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
         // queue frames (an unknown method's trailer), so repeat until both are empty.
         loop {
             let mut progressed = false;
-            while let Some(transmit) = session.poll_transmit() {
+            while !send_failed
+                && outbox.accepts()
+                && let Some(transmit) = session.poll_transmit()
+            {
                 progressed = true;
                 ack_transmit(&transmit, &mut slots);
-                if tx_out.send(transmit).is_err() {
-                    break;
+                if let Err(err) = outbox.push(transmit) {
+                    send_failed = true;
+                    session.handle_error(Status::unavailable(format!("send failed: {err}")));
                 }
             }
             if ready.is_some()
@@ -145,34 +152,50 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
 
         tokio::select! {
             biased;
+            // First: what this pass queued goes out before more input is taken.
+            sent = outbox.drive(), if !send_failed && outbox.wants_drive() => {
+                if let Err(err) = sent {
+                    send_failed = true;
+                    session.handle_error(Status::unavailable(format!("send failed: {err}")));
+                }
+            }
             cmd = recv_opt(&mut buf_rx) => match cmd {
-                Some(cmd) => apply_buf(cmd, &mut session, &mut slots),
+                Some(cmd) => {
+                    apply_buf(cmd, &mut session, &mut slots);
+                    // Whatever else is queued joins this pass (one flush for the batch).
+                    if let Some(rx) = buf_rx.as_mut() {
+                        for _ in 1..BATCH {
+                            let Ok(cmd) = rx.try_recv() else { break };
+                            apply_buf(cmd, &mut session, &mut slots);
+                        }
+                    }
+                }
                 None => {
                     // Every client handle is gone: finish what is open, then close.
                     buf_rx = None;
                     session.shutdown(Status::ok());
                 }
             },
-            Some(cmd) = ctl_rx.recv() => apply_ctl(cmd, &mut session, &mut slots),
+            Some(cmd) = ctl_rx.recv() => {
+                apply_ctl(cmd, &mut session, &mut slots);
+                // A client's handles also queue buffers, which must stay ahead of their later
+                // commands here: take one command per select then. A server has only this queue.
+                for _ in 1..if buf_rx.is_none() { BATCH } else { 1 } {
+                    let Ok(cmd) = ctl_rx.try_recv() else { break };
+                    apply_ctl(cmd, &mut session, &mut slots);
+                }
+            }
             msg = receiver.recv() => {
                 let now = now();
-                match msg {
-                    Ok(Some(bytes)) => match Frame::decode(bytes, &limits) {
-                        Ok(frame) => {
-                            if let Err(err) = session.handle_frame(now, frame) {
-                                tracing::warn!(%peer, %err, "closing connection: peer broke the protocol");
-                                session.handle_error(err.to_status());
-                            }
-                        }
-                        Err(err) => {
-                            tracing::warn!(%peer, %err, "closing connection: bad frame");
-                            session.handle_error(Status::internal(format!("bad frame from peer: {err}")));
-                        }
-                    },
-                    Ok(None) => session.handle_error(Status::unavailable("connection closed by the peer")),
-                    Err(err) => {
-                        tracing::warn!(%peer, %err, "closing connection: transport error");
-                        session.handle_error(Status::unavailable(format!("transport error: {err}")));
+                let mut more = handle_received(msg, now, &mut session, &limits, &peer);
+                // Frames already read (TCP splits a whole read into frames) join this pass.
+                for _ in 1..BATCH {
+                    if !more {
+                        break;
+                    }
+                    match receiver.recv().now_or_never() {
+                        Some(msg) => more = handle_received(msg, now, &mut session, &limits, &peer),
+                        None => break,
                     }
                 }
             }
@@ -189,28 +212,27 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
                     session.shutdown(Status::unavailable(reason));
                 }
             }
-            result = &mut writer, if !writer_done => {
-                writer_done = true;
-                let reason = match result {
-                    Ok(Ok(())) => "writer stopped".to_string(),
-                    Ok(Err(err)) => format!("send failed: {err}"),
-                    Err(err) => format!("writer task failed: {err}"),
-                };
-                session.handle_error(Status::unavailable(reason));
-            }
         }
     }
 
-    // Flush what the session still has (the GOAWAY, trailers), then let the writer close.
-    while let Some(transmit) = session.poll_transmit() {
-        let _ = tx_out.send(transmit);
-    }
-    drop(tx_out);
-    if !writer_done {
+    // Write what the session still has (the GOAWAY, trailers), then close the sending side.
+    if !send_failed {
         let grace = std::time::Duration::from_secs(1);
-        if tokio::time::timeout(grace, &mut writer).await.is_err() {
-            writer.abort();
-        }
+        let _ = tokio::time::timeout(grace, async {
+            loop {
+                while outbox.accepts()
+                    && let Some(transmit) = session.poll_transmit()
+                {
+                    outbox.push(transmit)?;
+                }
+                if !outbox.wants_drive() {
+                    break;
+                }
+                outbox.drive().await?;
+            }
+            outbox.close().await
+        })
+        .await;
     }
     if let Some(ready) = ready.take() {
         let _ = ready.send(Err(final_status.clone()));
@@ -218,6 +240,42 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
     let _ = closed.status.set(final_status.clone());
     tracing::debug!(%peer, status = %final_status, "connection closed");
     final_status
+}
+
+/// Feeds one received message to the session; false when the connection is over.
+fn handle_received<B: crate::transport::SendBuffer>(
+    msg: Result<Option<bytes::Bytes>, crate::transport::TransportError>,
+    now: Instant,
+    session: &mut Session<Outgoing<B>>,
+    limits: &WireLimits,
+    peer: &str,
+) -> bool {
+    match msg {
+        Ok(Some(bytes)) => match Frame::decode(bytes, limits) {
+            Ok(frame) => {
+                if let Err(err) = session.handle_frame(now, frame) {
+                    tracing::warn!(%peer, %err, "closing connection: peer broke the protocol");
+                    session.handle_error(err.to_status());
+                    return false;
+                }
+                true
+            }
+            Err(err) => {
+                tracing::warn!(%peer, %err, "closing connection: bad frame");
+                session.handle_error(Status::internal(format!("bad frame from peer: {err}")));
+                false
+            }
+        },
+        Ok(None) => {
+            session.handle_error(Status::unavailable("connection closed by the peer"));
+            false
+        }
+        Err(err) => {
+            tracing::warn!(%peer, %err, "closing connection: transport error");
+            session.handle_error(Status::unavailable(format!("transport error: {err}")));
+            false
+        }
+    }
 }
 
 /// Wakes the handle waiting for this frame to pass flow control.

@@ -18,8 +18,8 @@ mod codec;
 mod command;
 mod connect;
 mod driver;
+mod outbox;
 mod server;
-mod writer;
 
 pub use call::{CallReceiver, CallSender, DataBuffer, Incoming, ResponseSender};
 pub use client::{CallOptions, Client};

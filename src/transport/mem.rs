@@ -76,28 +76,30 @@ impl BufferAlloc for MemAlloc {
 #[derive(Debug)]
 pub struct MemSender {
     tx: Option<mpsc::Sender<Bytes>>,
-    queue: Vec<Bytes>,
+    queue: std::collections::VecDeque<Bytes>,
 }
 
 impl FrameSender for MemSender {
     type Buf = MemBuf;
 
     fn feed(&mut self, buf: MemBuf) -> Result<(), TransportError> {
-        self.queue.push(buf.0.freeze());
+        self.queue.push_back(buf.0.freeze());
         Ok(())
     }
 
     fn feed_with_payload(&mut self, head: MemBuf, payload: Bytes) -> Result<(), TransportError> {
         let mut message = head.0;
         message.extend_from_slice(&payload);
-        self.queue.push(message.freeze());
+        self.queue.push_back(message.freeze());
         Ok(())
     }
 
     async fn flush(&mut self) -> Result<(), TransportError> {
+        // Cancel-safe: a message leaves the queue only with the permit to send it.
         let tx = self.tx.as_ref().ok_or(TransportError::Closed)?;
-        for message in self.queue.drain(..) {
-            tx.send(message).await.map_err(|_| TransportError::Closed)?;
+        while !self.queue.is_empty() {
+            let permit = tx.reserve().await.map_err(|_| TransportError::Closed)?;
+            permit.send(self.queue.pop_front().unwrap_or_default());
         }
         Ok(())
     }
@@ -142,6 +144,6 @@ impl Transport for MemTransport {
     }
 
     fn split(self) -> (MemAlloc, MemSender, MemReceiver) {
-        (MemAlloc, MemSender { tx: Some(self.tx), queue: Vec::new() }, MemReceiver { rx: self.rx })
+        (MemAlloc, MemSender { tx: Some(self.tx), queue: Default::default() }, MemReceiver { rx: self.rx })
     }
 }

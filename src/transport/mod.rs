@@ -87,6 +87,7 @@ pub trait BufferAlloc: Clone + Send + Sync + 'static {
     type Buf: SendBuffer;
     /// A buffer with room for at least `capacity` bytes, for application data. May wait for a
     /// free buffer (RDMA pools keep a few back for control frames).
+    /// Cancel-safe (the driver polls it inside `select!`).
     fn alloc(&self, capacity: usize) -> impl Future<Output = Result<Self::Buf, TransportError>> + Send;
     /// A buffer now, for control frames and headers, or `None` when every buffer is in use (then
     /// the writer flushes, which frees buffers, and waits with `alloc`).
@@ -101,7 +102,8 @@ pub trait FrameSender: Send + 'static {
     fn feed(&mut self, buf: Self::Buf) -> Result<(), TransportError>;
     /// Queues one message made of `head` followed by `payload`.
     fn feed_with_payload(&mut self, head: Self::Buf, payload: Bytes) -> Result<(), TransportError>;
-    /// Writes everything queued.
+    /// Writes everything queued. Must be cancel-safe: the driver polls it inside `select!`, so a
+    /// dropped flush must lose nothing, and the next `feed` and `flush` go on where it stopped.
     fn flush(&mut self) -> impl Future<Output = Result<(), TransportError>> + Send;
     /// Flushes and closes the sending direction.
     fn close(&mut self) -> impl Future<Output = Result<(), TransportError>> + Send;

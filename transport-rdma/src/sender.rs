@@ -118,14 +118,17 @@ impl RdmaSender {
     }
 
     /// Posts everything queued, in order, in batches as the peer's credit and large buffers
-    /// allow.
+    /// allow. Cancel-safe: a message leaves the queue only when it is posted, so a dropped flush
+    /// loses nothing and the next one goes on where it stopped.
     pub async fn flush(&mut self) -> Result<(), RdmaError> {
-        while let Some(front) = self.queue.pop_front() {
-            let ready = match front {
-                Queued::Ready(buf) => buf,
-                Queued::Joined { head, payload } => self.join(head, payload).await?,
-            };
-            self.queue.push_front(Queued::Ready(ready));
+        while let Some(front) = self.queue.front() {
+            if let Queued::Joined { head, payload } = front {
+                let total = head.len() + payload.len();
+                let joined = self.join_buffer(total).await?;
+                if let Some(Queued::Joined { head, payload }) = self.queue.pop_front() {
+                    self.queue.push_front(Queued::Ready(join(joined, &head, &payload)));
+                }
+            }
             let requests = self.reserve().await?;
             if let Err(err) = lock(&self.inner.qp).post_send(requests) {
                 self.inner.close(err.to_string());
@@ -135,15 +138,12 @@ impl RdmaSender {
         Ok(())
     }
 
-    /// Copies a header and its payload into one large buffer (the last resort of `feed`).
-    async fn join(&self, head: SlotWriter, payload: Bytes) -> Result<SlotWriter, RdmaError> {
-        let total = head.len() + payload.len();
+    /// A large buffer for `total` bytes, to join a header and its payload in (the last resort
+    /// of `feed`). Waiting for it is cancel-safe.
+    async fn join_buffer(&self, total: usize) -> Result<SlotWriter, RdmaError> {
         let region = self.inner.large_send.iter().find(|r| r.slot_size() >= total);
         let region = region.ok_or(RdmaError::TooLarge { len: total, max: self.inner.config.max_message_size() })?;
-        let mut joined = SlotWriter::new(region.take(0).await);
-        joined.put_slice(head.written());
-        joined.put_slice(&payload);
-        Ok(joined)
+        Ok(SlotWriter::new(region.take(0).await))
     }
 
     /// Waits for credit (and large buffers), then takes the longest run of ready messages at the
@@ -223,6 +223,13 @@ impl RdmaSender {
         self.inner.close("closed locally".into());
         flushed
     }
+}
+
+/// Copies a header and its payload into `joined`, one registered buffer.
+fn join(mut joined: SlotWriter, head: &SlotWriter, payload: &Bytes) -> SlotWriter {
+    joined.put_slice(head.written());
+    joined.put_slice(payload);
+    joined
 }
 
 impl Drop for RdmaSender {
