@@ -46,7 +46,6 @@ impl Drop for CancelGuard {
 #[derive(Debug)]
 pub struct CallReceiver<M> {
     id: u64,
-    events: mpsc::UnboundedReceiver<CallEvent>,
     ctl: mpsc::UnboundedSender<CallCommand>,
     shared: Arc<CallShared>,
     guard: Option<CancelGuard>,
@@ -57,12 +56,11 @@ pub struct CallReceiver<M> {
 impl<M: Message + Default> CallReceiver<M> {
     pub(crate) fn new(
         id: u64,
-        events: mpsc::UnboundedReceiver<CallEvent>,
         ctl: mpsc::UnboundedSender<CallCommand>,
         shared: Arc<CallShared>,
         guard: Option<CancelGuard>,
     ) -> Self {
-        CallReceiver { id, events, ctl, shared, guard, done: false, _message: PhantomData }
+        CallReceiver { id, ctl, shared, guard, done: false, _message: PhantomData }
     }
 
     /// The call id on its connection.
@@ -88,7 +86,7 @@ impl<M: Message + Default> CallReceiver<M> {
                 _ => Ok(None),
             };
         }
-        let event = self.events.recv().await;
+        let event = self.shared.next_event().await;
         match event {
             Some(CallEvent::Message(bytes)) => {
                 self.consumed(bytes.len());

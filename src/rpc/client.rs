@@ -203,7 +203,6 @@ impl<T: Transport> Client<T> {
         };
         let body = codec::encode_call(&self.shared.alloc, header, first).await?;
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(CallShared::default());
         let open = BufCommand::Open {
             id,
@@ -216,12 +215,11 @@ impl<T: Transport> Client<T> {
             body,
             has_message: first.is_some(),
             end,
-            events: events_tx,
             shared: shared.clone(),
         };
         self.send_buf(open).map_err(|_| self.closed())?;
         let guard = CancelGuard { id, ctl: self.shared.ctl_tx.clone() };
-        let receiver = CallReceiver::new(id, events_rx, self.shared.ctl_tx.clone(), shared.clone(), Some(guard));
+        let receiver = CallReceiver::new(id, self.shared.ctl_tx.clone(), shared.clone(), Some(guard));
         Ok((receiver, shared))
     }
 

@@ -1,16 +1,18 @@
-//! What call handles tell their connection's driver, and what the driver tells them.
+//! What call handles tell their connection's driver (what it tells them is in `events.rs`).
 //!
 //! Two queues run from handles to the driver: one carries bodies encoded into the transport's own
 //! buffers (generic over the buffer type: client calls), the other everything else (raw `Bytes`
-//! payloads, half-close, cancellation, credit). The driver polls the buffer queue first, in a
-//! `biased` select, so the commands one handle sends keep their order across the two queues.
+//! payloads, half-close, cancellation, credit). Order across the two queues is kept by the
+//! handles: a sender waits until its previous frame reached the session (its ack) before it sends
+//! on the other queue (`send_data`, `finish`); the driver also polls the buffer queue first.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
+pub(crate) use super::events::{CallEvent, CallShared};
 use crate::session::Body;
 use crate::status::Status;
 use crate::transport::SendBuffer;
@@ -35,20 +37,6 @@ impl<B: SendBuffer> Body for Outgoing<B> {
             Outgoing::Bytes(bytes) => bytes.len(),
             Outgoing::Framed(bytes) => bytes.len().saturating_sub(HEADER_LEN),
         }
-    }
-}
-
-/// State a call's handles share with the driver.
-#[derive(Debug, Default)]
-pub(crate) struct CallShared {
-    /// How the call ended, once it did.
-    pub(crate) status: OnceLock<Status>,
-}
-
-impl CallShared {
-    /// The final status, or `fallback` if the call has not ended (the connection went away).
-    pub(crate) fn status_or(&self, fallback: impl FnOnce() -> Status) -> Status {
-        self.status.get().cloned().unwrap_or_else(fallback)
     }
 }
 
@@ -84,7 +72,6 @@ pub(crate) enum BufCommand<B> {
         body: B,
         has_message: bool,
         end: bool,
-        events: mpsc::UnboundedSender<CallEvent>,
         shared: Arc<CallShared>,
     },
     /// Send an encoded MESSAGE, or DATA the application wrote into a transport buffer.
@@ -104,17 +91,4 @@ pub(crate) enum CallCommand {
     Finish { id: u64, status: Status },
     /// The application consumed `len` bytes of the call's data.
     Consumed { id: u64, len: usize },
-}
-
-/// What a call's handle receives.
-#[derive(Debug)]
-pub(crate) enum CallEvent {
-    /// A protobuf message.
-    Message(Bytes),
-    /// Raw stream data.
-    Data(Bytes),
-    /// The peer half-closed.
-    End,
-    /// The call is over.
-    Closed(Status),
 }

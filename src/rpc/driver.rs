@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument as _;
 
 use super::command::{BufCommand, CallCommand, CallEvent, CallShared, MethodName, Outgoing};
+use super::events::EventSender;
 use super::now;
 use super::outbox::Outbox;
 use super::server::{HandlerFuture, RequestContext, Router, ServerCall};
@@ -29,8 +30,7 @@ const BATCH: usize = 64;
 
 /// Per-call bookkeeping in the driver.
 struct Slot {
-    events: mpsc::UnboundedSender<CallEvent>,
-    shared: Arc<CallShared>,
+    events: EventSender,
     /// One entry per queued MESSAGE/DATA frame, in order; `Some` when a handle waits for it.
     acks: VecDeque<Option<oneshot::Sender<()>>>,
     handler: Option<tokio::task::AbortHandle>,
@@ -302,13 +302,12 @@ fn apply_buf<B: crate::transport::SendBuffer>(
     slots: &mut HashMap<u64, Slot>,
 ) {
     match cmd {
-        BufCommand::Open { id, method, timeout, body, has_message, end, events, shared } => {
+        BufCommand::Open { id, method, timeout, body, has_message, end, shared } => {
             let len = body.len() as u64;
             match session.open_call(now(), id, timeout, Outgoing::Buf(body), has_message, end) {
                 Ok(()) => {
                     let slot = Slot {
-                        events,
-                        shared,
+                        events: EventSender::new(shared),
                         acks: VecDeque::new(),
                         handler: None,
                         method,
@@ -320,7 +319,7 @@ fn apply_buf<B: crate::transport::SendBuffer>(
                 }
                 Err(status) => {
                     let _ = shared.status.set(status.clone());
-                    let _ = events.send(CallEvent::Closed(status));
+                    EventSender::new(shared).send(CallEvent::Closed(status));
                 }
             }
         }
@@ -400,8 +399,8 @@ fn finish_slot(slots: &mut HashMap<u64, Slot>, id: u64, status: Status) {
 }
 
 fn close_slot(slot: Slot, id: u64, status: Status) {
-    let _ = slot.shared.status.set(status.clone());
-    let _ = slot.events.send(CallEvent::Closed(status.clone()));
+    let _ = slot.events.shared().status.set(status.clone());
+    slot.events.send(CallEvent::Closed(status.clone()));
     if !status.is_ok()
         && let Some(handler) = &slot.handler
     {
@@ -467,10 +466,9 @@ fn dispatch<B: crate::transport::SendBuffer>(
 ) {
     match event {
         Event::Incoming { id, header } => {
-            let (events, events_rx) = mpsc::unbounded_channel();
             let shared = Arc::new(CallShared::default());
             let ctx = RequestContext::new(header, peer.clone());
-            let call = ServerCall::new(id, events_rx, ctl.clone(), ctx, shared.clone());
+            let call = ServerCall::new(id, ctl.clone(), ctx, shared.clone());
             let routed = match router {
                 Some(router) => router.route(call),
                 None => Err(call),
@@ -480,8 +478,7 @@ fn dispatch<B: crate::transport::SendBuffer>(
                     let span = tracing::info_span!("rpc", method = %method, peer = %peer, call = id);
                     fresh.push(Fresh { id, future, span });
                     let slot = Slot {
-                        events,
-                        shared,
+                        events: EventSender::new(shared),
                         acks: VecDeque::new(),
                         handler: None,
                         method: MethodName::Static(method),
@@ -508,7 +505,7 @@ fn dispatch<B: crate::transport::SendBuffer>(
         Event::Data { id, body, end } => deliver(slots, session.role(), id, CallEvent::Data(body), end),
         Event::RemoteEnd { id } => {
             if let Some(slot) = slots.get(&id) {
-                let _ = slot.events.send(CallEvent::End);
+                slot.events.send(CallEvent::End);
             }
         }
         Event::Closed { id, status } => finish_slot(slots, id, status),
@@ -524,10 +521,10 @@ fn deliver(slots: &mut HashMap<u64, Slot>, role: Role, id: u64, event: CallEvent
         if let CallEvent::Message(body) | CallEvent::Data(body) = &event {
             slot.bytes_in += body.len() as u64;
         }
-        let _ = slot.events.send(event);
+        slot.events.send(event);
         // A client learns the end from `Closed`; a server's handler needs the half-close.
         if end && role == Role::Server {
-            let _ = slot.events.send(CallEvent::End);
+            slot.events.send(CallEvent::End);
         }
     }
 }

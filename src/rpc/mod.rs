@@ -18,6 +18,7 @@ mod codec;
 mod command;
 mod connect;
 mod driver;
+mod events;
 mod outbox;
 mod server;
 

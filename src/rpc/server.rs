@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 
 use super::call::{CallReceiver, ResponseSender};
 use super::codec;
-use super::command::{CallCommand, CallEvent, CallShared};
+use super::command::{CallCommand, CallShared};
 use super::driver::{DriverSetup, drive};
 use super::{ConnectionConfig, now};
 use crate::pb::rpc as pb;
@@ -62,7 +62,6 @@ impl RequestContext {
 #[derive(Debug)]
 pub struct ServerCall {
     id: u64,
-    events: mpsc::UnboundedReceiver<CallEvent>,
     ctl: mpsc::UnboundedSender<CallCommand>,
     ctx: RequestContext,
     shared: Arc<CallShared>,
@@ -71,12 +70,11 @@ pub struct ServerCall {
 impl ServerCall {
     pub(crate) fn new(
         id: u64,
-        events: mpsc::UnboundedReceiver<CallEvent>,
         ctl: mpsc::UnboundedSender<CallCommand>,
         ctx: RequestContext,
         shared: Arc<CallShared>,
     ) -> Self {
-        ServerCall { id, events, ctl, ctx, shared }
+        ServerCall { id, ctl, ctx, shared }
     }
 
     /// The call's context.
@@ -89,7 +87,7 @@ impl ServerCall {
     pub fn into_parts<Req: Message + Default, Res: Message>(
         self,
     ) -> (CallReceiver<Req>, ResponseSender<Res>, RequestContext, Finisher) {
-        let receiver = CallReceiver::new(self.id, self.events, self.ctl.clone(), self.shared.clone(), None);
+        let receiver = CallReceiver::new(self.id, self.ctl.clone(), self.shared.clone(), None);
         let sender = ResponseSender::new(self.id, self.ctl.clone(), self.shared);
         (receiver, sender, self.ctx, Finisher { id: self.id, ctl: self.ctl })
     }
