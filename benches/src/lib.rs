@@ -52,7 +52,12 @@ impl RpcEchoServer {
     /// Binds `bind` (`host:port`, port 0 for a free one) and serves in a task of the current
     /// runtime; clients that offer RDMA get it when `rdma` is set and this host can.
     pub async fn start_on(bind: &str, rdma: Option<RdmaConfig>) -> io::Result<Self> {
-        let listener = TcpListener::bind(bind, TcpConfig::default()).await?;
+        Self::start_with(bind, TcpConfig::default(), rdma).await
+    }
+
+    /// As [`start_on`](Self::start_on), with these TCP settings (e.g. busy-polling).
+    pub async fn start_with(bind: &str, tcp: TcpConfig, rdma: Option<RdmaConfig>) -> io::Result<Self> {
+        let listener = TcpListener::bind(bind, tcp).await?;
         let addr = listener.local_addr()?;
         let mut router = Router::default();
         router.add(EchoService::server());
@@ -74,7 +79,15 @@ impl RpcEchoServer {
 
     /// A new connection to the server, handshake done.
     pub async fn client(&self) -> Result<EchoClient<TcpConnection>, Box<dyn std::error::Error + Send + Sync>> {
-        let connection = TcpConnection::connect(self.addr, TcpConfig::default()).await?;
+        self.client_with(TcpConfig::default()).await
+    }
+
+    /// A new connection with these TCP settings, handshake done.
+    pub async fn client_with(
+        &self,
+        tcp: TcpConfig,
+    ) -> Result<EchoClient<TcpConnection>, Box<dyn std::error::Error + Send + Sync>> {
+        let connection = TcpConnection::connect(self.addr, tcp).await?;
         Ok(EchoClient::new(Client::connect(connection, ConnectionConfig::default()).await?))
     }
 

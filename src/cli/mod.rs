@@ -39,6 +39,17 @@ pub(crate) fn rdma_config(busy_poll: bool) -> crate::transport::rdma::RdmaConfig
     config
 }
 
+/// How long `--busy-poll` makes a TCP connection spin on its socket after each message.
+const TCP_BUSY_POLL: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// The TCP settings the command line asks for (also those an rdma:// URL falls back to).
+pub(crate) fn tcp_config(busy_poll: bool) -> crate::transport::tcp::TcpConfig {
+    crate::transport::tcp::TcpConfig {
+        busy_poll: busy_poll.then_some(TCP_BUSY_POLL),
+        ..crate::transport::tcp::TcpConfig::default()
+    }
+}
+
 /// Parses the process arguments, runs the command, and reports a failure on stderr.
 ///
 /// Exit codes: 0 success, 1 a failure at run time, 2 a command line that cannot work.

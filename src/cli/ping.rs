@@ -39,6 +39,7 @@ pub async fn run(args: PingArgs) -> Result<(), CliError> {
         rdma: endpoint.wants_rdma().then(|| super::rdma_config(args.busy_poll)),
         fallback: !args.no_fallback,
         timeout,
+        tcp: super::tcp_config(args.busy_poll),
         ..ConnectOptions::default()
     };
     let connection = connect(&host_port, &options).await.map_err(|err| match err {

@@ -21,6 +21,7 @@ fn connect_options(url: &Url, flags: &SendFlags) -> ConnectOptions {
     ConnectOptions {
         rdma: url.wants_rdma().then(|| super::rdma_config(flags.busy_poll)),
         fallback: !flags.no_fallback,
+        tcp: super::tcp_config(flags.busy_poll),
         ..ConnectOptions::default()
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::echo::EchoService;
 use crate::rpc::{ConnectionConfig, Router, Server};
 use crate::transport::rdma::RdmaConfig;
-use crate::transport::tcp::{TcpConfig, TcpListener};
+use crate::transport::tcp::TcpListener;
 
 use super::args::ServeArgs;
 use super::error::CliError;
@@ -20,7 +20,7 @@ use super::error::CliError;
 pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     let endpoint = &args.listen;
     let rdma = if endpoint.wants_rdma() { rdma_config(endpoint, args.no_fallback, args.busy_poll)? } else { None };
-    let listener = TcpListener::bind((endpoint.host.as_str(), endpoint.port), TcpConfig::default())
+    let listener = TcpListener::bind((endpoint.host.as_str(), endpoint.port), super::tcp_config(args.busy_poll))
         .await
         .map_err(|source| CliError::listen(endpoint.to_string(), source))?;
     let local = listener.local_addr().map_err(|source| CliError::listen(endpoint.to_string(), source))?;

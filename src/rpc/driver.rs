@@ -25,7 +25,8 @@ use crate::status::Status;
 use crate::transport::{FrameReceiver, Transport};
 use crate::wire::{Frame, HEADER_LEN, Kind, WireLimits};
 
-/// Commands or received frames taken in one pass of the driver before its frames are written.
+/// Commands taken in one pass of the driver before its frames are written. (Received frames are
+/// not batched likewise: measured, it cut 64 KiB calls at 64 in flight to a third.)
 const BATCH: usize = 64;
 
 /// Per-call bookkeeping in the driver.
@@ -187,17 +188,7 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
             }
             msg = receiver.recv() => {
                 let now = now();
-                let mut more = handle_received(msg, now, &mut session, &limits, &peer);
-                // Frames already read (TCP splits a whole read into frames) join this pass.
-                for _ in 1..BATCH {
-                    if !more {
-                        break;
-                    }
-                    match receiver.recv().now_or_never() {
-                        Some(msg) => more = handle_received(msg, now, &mut session, &limits, &peer),
-                        None => break,
-                    }
-                }
+                handle_received(msg, now, &mut session, &limits, &peer);
             }
             _ = &mut sleep => {
                 armed = None;
@@ -242,38 +233,31 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
     final_status
 }
 
-/// Feeds one received message to the session; false when the connection is over.
+/// Feeds one received message to the session.
 fn handle_received<B: crate::transport::SendBuffer>(
     msg: Result<Option<bytes::Bytes>, crate::transport::TransportError>,
     now: Instant,
     session: &mut Session<Outgoing<B>>,
     limits: &WireLimits,
     peer: &str,
-) -> bool {
+) {
     match msg {
         Ok(Some(bytes)) => match Frame::decode(bytes, limits) {
             Ok(frame) => {
                 if let Err(err) = session.handle_frame(now, frame) {
                     tracing::warn!(%peer, %err, "closing connection: peer broke the protocol");
                     session.handle_error(err.to_status());
-                    return false;
                 }
-                true
             }
             Err(err) => {
                 tracing::warn!(%peer, %err, "closing connection: bad frame");
                 session.handle_error(Status::internal(format!("bad frame from peer: {err}")));
-                false
             }
         },
-        Ok(None) => {
-            session.handle_error(Status::unavailable("connection closed by the peer"));
-            false
-        }
+        Ok(None) => session.handle_error(Status::unavailable("connection closed by the peer")),
         Err(err) => {
             tracing::warn!(%peer, %err, "closing connection: transport error");
             session.handle_error(Status::unavailable(format!("transport error: {err}")));
-            false
         }
     }
 }

@@ -26,6 +26,11 @@ pub struct TcpConfig {
     /// (see also [`TcpSender::batch_full`](crate::TcpSender::batch_full)).
     /// Default: 256 KiB.
     pub max_batch_bytes: usize,
+    /// Busy-poll the socket for up to this long after each message received before sleeping in
+    /// the reactor (epoll): a reply that comes within the window is read without a wake-up from
+    /// the kernel, which is most of a loopback or LAN round trip. Costs a core while it spins.
+    /// Default: `None` (never spin).
+    pub busy_poll: Option<std::time::Duration>,
 }
 
 impl TcpConfig {
@@ -55,6 +60,7 @@ impl Default for TcpConfig {
             nodelay: true,
             read_buffer: Self::DEFAULT_READ_BUFFER,
             max_batch_bytes: Self::DEFAULT_MAX_BATCH_BYTES,
+            busy_poll: None,
         }
     }
 }
@@ -75,6 +81,7 @@ mod tests {
         assert!(config.nodelay);
         assert_eq!(config.read_buffer, 64 * 1024);
         assert_eq!(config.max_batch_bytes, 256 * 1024);
+        assert_eq!(config.busy_poll, None);
     }
 
     #[test]

@@ -270,3 +270,39 @@ async fn nodelay_follows_the_config() {
     assert!(!server.nodelay().expect("nodelay"));
     assert_eq!(client.config(), &config);
 }
+
+/// Busy-polling reads what arrives while it spins, falls back to sleeping in the reactor once
+/// the window passed (a message after a pause still arrives), and loses nothing when its `recv`
+/// is dropped mid-spin (cancel safety, as the RPC driver's `select!` needs).
+#[tokio::test(flavor = "current_thread")]
+async fn busy_poll_reads_within_and_after_its_window_and_is_cancel_safe() {
+    let config = TcpConfig { busy_poll: Some(std::time::Duration::from_millis(5)), ..TcpConfig::default() };
+    let (client, server) = pair(config).await;
+    let (mut tx, _client_rx) = client.split();
+    let (_server_tx, mut rx) = server.split();
+    let sender = tokio::spawn(async move {
+        for i in 0..200 {
+            tx.send(send_buf(&content(i))).await.expect("send");
+            match i % 50 {
+                // A pause longer than the spin window: the receiver must go to sleep and wake up.
+                49 => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                n if n % 7 == 0 => tokio::task::yield_now().await,
+                _ => {}
+            }
+        }
+        tx.shutdown().await.expect("shutdown");
+    });
+    let mut received = 0;
+    loop {
+        // Drop the receive future every 50 µs while it spins: nothing may be lost.
+        let message = tokio::select! {
+            message = rx.recv() => message.expect("receive"),
+            () = tokio::time::sleep(std::time::Duration::from_micros(50)) => continue,
+        };
+        let Some(message) = message else { break };
+        assert!(message[..] == content(received)[..], "content of message {received}");
+        received += 1;
+    }
+    assert_eq!(received, 200);
+    sender.await.expect("sender");
+}

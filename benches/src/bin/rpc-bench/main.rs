@@ -27,12 +27,12 @@ use clap::Parser;
 use rdma_rpc::pb::echo::EchoClient;
 use rdma_rpc::rpc::{ConnectOptions, Connection};
 use rdma_rpc::transport::rdma::{PollMode, RdmaConfig, RdmaConnection};
-use rdma_rpc::transport::tcp::TcpConnection;
+use rdma_rpc::transport::tcp::{TcpConfig, TcpConnection};
 use rdma_rpc_benches::alloc_count::{CountingAlloc, Side, set_side};
 use rdma_rpc_benches::tonic_echo::{TonicEchoClient, TonicEchoServer};
 use rdma_rpc_benches::{RawCopyServer, RawEchoServer, RawPipelinedClient, RpcEchoServer, payload};
 
-use report::{RAW, RPC_RDMA, RPC_TCP, Report, TONIC, UnaryRow};
+use report::{RAW, RPC_RDMA, RPC_TCP, RPC_TCP_BUSY, Report, TONIC, UnaryRow};
 use unary::{Caller, Raw, RawPipelined, Rpc, Tonic};
 
 #[global_allocator]
@@ -143,6 +143,8 @@ impl Plan {
 /// The servers, in the server runtime.
 struct Servers {
     rpc: RpcEchoServer,
+    /// The same, busy-polling its sockets.
+    rpc_busy: RpcEchoServer,
     rdma: Option<(RpcEchoServer, RdmaConfig)>,
     raw_echo: RawEchoServer,
     raw_copy: RawCopyServer,
@@ -161,12 +163,18 @@ impl Servers {
         };
         Ok(Servers {
             rpc: RpcEchoServer::start().await.map_err(bind)?,
+            rpc_busy: RpcEchoServer::start_with("127.0.0.1:0", busy_tcp(), None).await.map_err(bind)?,
             rdma,
             raw_echo: RawEchoServer::start().await.map_err(bind)?,
             raw_copy: RawCopyServer::start().await.map_err(bind)?,
             tonic: TonicEchoServer::start().await.map_err(bind)?,
         })
     }
+}
+
+/// TCP settings of the busy-polling rows: spin 1 ms after each message, as `--busy-poll` does.
+fn busy_tcp() -> TcpConfig {
+    TcpConfig { busy_poll: Some(std::time::Duration::from_millis(1)), ..TcpConfig::default() }
 }
 
 fn runtime(name: &'static str, side: Side) -> std::io::Result<tokio::runtime::Runtime> {
@@ -209,6 +217,7 @@ fn run(args: &Args) -> Result<Report, String> {
     if let Ok(servers) = Arc::try_unwrap(servers) {
         server_rt.block_on(async {
             let _ = servers.rpc.stop().await;
+            let _ = servers.rpc_busy.stop().await;
             if let Some((server, _)) = servers.rdma {
                 let _ = server.stop().await;
             }
@@ -222,6 +231,7 @@ fn run(args: &Args) -> Result<Report, String> {
 async fn measure_all(servers: Arc<Servers>, plan: Plan) -> Result<Report, String> {
     let connect_err = |err: Box<dyn std::error::Error + Send + Sync>| format!("cannot connect: {err}");
     let rpc = servers.rpc.client().await.map_err(connect_err)?;
+    let rpc_busy = servers.rpc_busy.client_with(busy_tcp()).await.map_err(connect_err)?;
     let rdma = match &servers.rdma {
         Some((server, config)) => Some(rdma_client(server, config).await?),
         None => None,
@@ -238,6 +248,8 @@ async fn measure_all(servers: Arc<Servers>, plan: Plan) -> Result<Report, String
             let measured =
                 unary::run((0..in_flight).map(|_| Rpc(rpc.clone())).collect(), data.clone(), plan.warm_up, plan.window);
             report.unary.push(cell(RPC_TCP, measured.await?));
+            let callers = (0..in_flight).map(|_| Rpc(rpc_busy.clone())).collect();
+            report.unary.push(cell(RPC_TCP_BUSY, unary::run(callers, data.clone(), plan.warm_up, plan.window).await?));
             if let Some(rdma) = &rdma {
                 let callers = (0..in_flight).map(|_| Rpc(rdma.clone())).collect();
                 report.unary.push(cell(RPC_RDMA, unary::run(callers, data.clone(), plan.warm_up, plan.window).await?));
