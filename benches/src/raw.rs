@@ -25,23 +25,31 @@ use tokio::task::JoinHandle;
 pub struct RawEchoServer {
     addr: SocketAddr,
     task: JoinHandle<()>,
+    busy_poll: bool,
 }
 
 impl RawEchoServer {
     /// Binds 127.0.0.1 on a free port and echoes on every accepted connection, each in a task of
     /// the current runtime.
     pub async fn start() -> io::Result<Self> {
+        Self::start_with(false).await
+    }
+
+    /// As [`start`](Self::start); with `busy_poll`, server and clients read by busy-polling for
+    /// [`BUSY_POLL_WINDOW`] after each message, as rdma-rpc's `TcpConfig::busy_poll` does (the
+    /// baseline of its busy-poll row).
+    pub async fn start_with(busy_poll: bool) -> io::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 tokio::spawn(async move {
                     // A connection ends with its peer; errors only end that connection.
-                    let _ = raw_echo_connection(stream).await;
+                    let _ = raw_echo_connection(stream, busy_poll).await;
                 });
             }
         });
-        Ok(RawEchoServer { addr, task })
+        Ok(RawEchoServer { addr, task, busy_poll })
     }
 
     /// The address the server listens on.
@@ -53,7 +61,7 @@ impl RawEchoServer {
     pub async fn client(&self) -> io::Result<RawEchoClient> {
         let stream = TcpStream::connect(self.addr).await?;
         stream.set_nodelay(true)?;
-        Ok(RawEchoClient { stream, out: Vec::new(), back: Vec::new() })
+        Ok(RawEchoClient { stream, out: Vec::new(), back: Vec::new(), busy_poll: self.busy_poll })
     }
 }
 
@@ -63,21 +71,55 @@ impl Drop for RawEchoServer {
     }
 }
 
-async fn raw_echo_connection(mut stream: TcpStream) -> io::Result<()> {
+async fn raw_echo_connection(mut stream: TcpStream, busy_poll: bool) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let mut buf = Vec::new();
+    let mut prefix = [0u8; 4];
     loop {
-        let len = match stream.read_u32().await {
-            Ok(len) => len,
+        match read_exact(&mut stream, &mut prefix, busy_poll).await {
+            Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(err) => return Err(err),
-        };
+        }
+        let len = u32::from_be_bytes(prefix);
         buf.clear();
-        buf.extend_from_slice(&len.to_be_bytes());
+        buf.extend_from_slice(&prefix);
         buf.resize(4 + usize::try_from(len).map_err(io::Error::other)?, 0);
-        stream.read_exact(&mut buf[4..]).await?;
+        read_exact(&mut stream, &mut buf[4..], busy_poll).await?;
         stream.write_all(&buf).await?;
     }
+}
+
+/// How long the busy-polling raw echo spins after each message before it sleeps in epoll: the
+/// same window as the bench's busy-polling rdma-rpc rows.
+pub const BUSY_POLL_WINDOW: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// `read_exact`, or with `busy_poll` non-blocking reads between yields to the runtime for
+/// [`BUSY_POLL_WINDOW`], then a sleeping read.
+async fn read_exact(stream: &mut TcpStream, buf: &mut [u8], busy_poll: bool) -> io::Result<()> {
+    if !busy_poll {
+        return stream.read_exact(buf).await.map(drop);
+    }
+    let until = std::time::Instant::now() + BUSY_POLL_WINDOW;
+    let mut got = 0;
+    while got < buf.len() {
+        let read = match stream.try_read(&mut buf[got..]) {
+            Ok(read) => read,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                if std::time::Instant::now() < until {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                stream.read(&mut buf[got..]).await?
+            }
+            Err(err) => return Err(err),
+        };
+        if read == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        got += read;
+    }
+    Ok(())
 }
 
 /// The client side of [`RawEchoServer`]: one connection, buffers reused between round trips.
@@ -86,6 +128,7 @@ pub struct RawEchoClient {
     stream: TcpStream,
     out: Vec<u8>,
     back: Vec<u8>,
+    busy_poll: bool,
 }
 
 impl RawEchoClient {
@@ -97,9 +140,11 @@ impl RawEchoClient {
         self.out.extend_from_slice(&len.to_be_bytes());
         self.out.extend_from_slice(payload);
         self.stream.write_all(&self.out).await?;
-        let back_len = usize::try_from(self.stream.read_u32().await?).map_err(io::Error::other)?;
+        let mut prefix = [0u8; 4];
+        read_exact(&mut self.stream, &mut prefix, self.busy_poll).await?;
+        let back_len = usize::try_from(u32::from_be_bytes(prefix)).map_err(io::Error::other)?;
         self.back.resize(back_len, 0);
-        self.stream.read_exact(&mut self.back).await?;
+        read_exact(&mut self.stream, &mut self.back, self.busy_poll).await?;
         Ok(&self.back)
     }
 }

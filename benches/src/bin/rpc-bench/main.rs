@@ -32,7 +32,7 @@ use rdma_rpc_benches::alloc_count::{CountingAlloc, Side, set_side};
 use rdma_rpc_benches::tonic_echo::{TonicEchoClient, TonicEchoServer};
 use rdma_rpc_benches::{RawCopyServer, RawEchoServer, RawPipelinedClient, RpcEchoServer, payload};
 
-use report::{RAW, RPC_RDMA, RPC_TCP, RPC_TCP_BUSY, Report, TONIC, UnaryRow};
+use report::{RAW, RAW_BUSY, RPC_RDMA, RPC_TCP, RPC_TCP_BUSY, Report, TONIC, UnaryRow};
 use unary::{Caller, Raw, RawPipelined, Rpc, Tonic};
 
 #[global_allocator]
@@ -147,6 +147,7 @@ struct Servers {
     rpc_busy: RpcEchoServer,
     rdma: Option<(RpcEchoServer, RdmaConfig)>,
     raw_echo: RawEchoServer,
+    raw_echo_busy: RawEchoServer,
     raw_copy: RawCopyServer,
     tonic: TonicEchoServer,
 }
@@ -166,6 +167,7 @@ impl Servers {
             rpc_busy: RpcEchoServer::start_with("127.0.0.1:0", busy_tcp(), None).await.map_err(bind)?,
             rdma,
             raw_echo: RawEchoServer::start().await.map_err(bind)?,
+            raw_echo_busy: RawEchoServer::start_with(true).await.map_err(bind)?,
             raw_copy: RawCopyServer::start().await.map_err(bind)?,
             tonic: TonicEchoServer::start().await.map_err(bind)?,
         })
@@ -262,6 +264,11 @@ async fn measure_all(servers: Arc<Servers>, plan: Plan) -> Result<Report, String
                 unary::run(callers, data.clone(), plan.warm_up, plan.window).await?
             };
             report.unary.push(cell(RAW, raw));
+            if in_flight == 1 {
+                let client = servers.raw_echo_busy.client().await.map_err(raw_err)?;
+                let raw_busy = unary::run(vec![Raw(client)], data.clone(), plan.warm_up, plan.window).await?;
+                report.unary.push(cell(RAW_BUSY, raw_busy));
+            }
             let callers = (0..in_flight).map(|_| Tonic(tonic.clone())).collect();
             report.unary.push(cell(TONIC, unary::run(callers, data.clone(), plan.warm_up, plan.window).await?));
         }
