@@ -21,7 +21,7 @@ use rdma_rpc_benches::payload;
 /// The frames benchmarked, by name.
 fn frames() -> Vec<(&'static str, Frame)> {
     let call_header = CallHeader {
-        method: "/rdmarpc.echo.Echo/Echo".to_string(),
+        method: bytes::Bytes::from_static(b"/rdmarpc.echo.Echo/Echo"),
         timeout_micros: 5_000_000,
         metadata: HashMap::from([("trace-id".to_string(), "4bf92f3577b34da6".to_string())]),
     };

@@ -42,7 +42,7 @@ pub trait Service: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct RequestContext {
     /// "/package.Service/Method".
-    pub method: String,
+    pub method: MethodPath,
     /// The client, as a URL.
     pub peer: Arc<str>,
     /// When the caller gives up; the call is aborted then.
@@ -51,10 +51,48 @@ pub struct RequestContext {
     pub metadata: HashMap<String, String>,
 }
 
+/// A call's method path, "/package.Service/Method": a view of the received CALL frame (no copy),
+/// UTF-8 as checked when the frame was decoded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MethodPath(bytes::Bytes);
+
+impl MethodPath {
+    /// The path as text.
+    pub fn as_str(&self) -> &str {
+        // Checked by `Frame::decode`; a path built otherwise that is not UTF-8 reads as empty.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl From<bytes::Bytes> for MethodPath {
+    fn from(bytes: bytes::Bytes) -> Self {
+        MethodPath(bytes)
+    }
+}
+
+impl std::ops::Deref for MethodPath {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for MethodPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for MethodPath {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
 impl RequestContext {
     pub(crate) fn new(header: pb::CallHeader, peer: Arc<str>) -> Self {
         let deadline = (header.timeout_micros > 0).then(|| now() + Duration::from_micros(header.timeout_micros));
-        RequestContext { method: header.method, peer, deadline, metadata: header.metadata }
+        RequestContext { method: MethodPath(header.method), peer, deadline, metadata: header.metadata }
     }
 }
 

@@ -69,7 +69,11 @@ fn events(session: &mut S) -> Vec<Event> {
 }
 
 fn call_body(method: &str, timeout_micros: u64, message: &[u8]) -> Bytes {
-    let header = pb::CallHeader { method: method.into(), timeout_micros, metadata: Default::default() };
+    let header = pb::CallHeader {
+        method: Bytes::copy_from_slice(method.as_bytes()),
+        timeout_micros,
+        metadata: Default::default(),
+    };
     let mut buf = BytesMut::new();
     header.encode_length_delimited(&mut buf).expect("grows");
     buf.extend_from_slice(message);

@@ -124,7 +124,10 @@ impl Frame {
                 if header_len > body.len() {
                     return Err(WireError::Truncated { what: "call header", needed: header_len, got: body.len() });
                 }
-                let call_header = decode_proto(Kind::Call, body.split_to(header_len))?;
+                let call_header: pb::CallHeader = decode_proto(Kind::Call, body.split_to(header_len))?;
+                if std::str::from_utf8(&call_header.method).is_err() {
+                    return Err(WireError::Malformed { kind: Kind::Call, reason: "method is not UTF-8" });
+                }
                 let message = if header.has(FLAG_HAS_MESSAGE) {
                     Some(body)
                 } else if body.is_empty() {

@@ -40,7 +40,7 @@ fn frame_strategy() -> impl Strategy<Value = Frame> {
         )
             .prop_map(|(id, method, timeout_micros, metadata, message, end)| Frame::Call {
                 id,
-                header: pb::CallHeader { method, timeout_micros, metadata },
+                header: pb::CallHeader { method: method.into(), timeout_micros, metadata },
                 message,
                 end,
             }),
@@ -116,4 +116,20 @@ fn end_stream_on_a_ping_is_refused() {
     FrameHeader::new(Kind::Ping, 0).with_flag(FLAG_END_STREAM, true).encode(&mut buf);
     buf.extend_from_slice(&[0u8; 8]);
     assert!(matches!(Frame::decode(buf.freeze(), &WireLimits::default()), Err(WireError::UnknownFlags { .. })));
+}
+
+#[test]
+fn a_method_that_is_not_utf8_is_refused() {
+    let frame = Frame::Call {
+        id: 1,
+        header: pb::CallHeader { method: Bytes::from_static(&[b'/', 0xff, 0xfe]), ..Default::default() },
+        message: None,
+        end: true,
+    };
+    let mut buf = BytesMut::new();
+    frame.encode(&mut buf);
+    assert!(matches!(
+        Frame::decode(buf.freeze(), &WireLimits::default()),
+        Err(WireError::Malformed { reason: "method is not UTF-8", .. })
+    ));
 }
