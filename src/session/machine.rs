@@ -1,6 +1,6 @@
 //! The session state machine itself. See the module overview in `session/mod.rs`.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -53,7 +53,7 @@ pub struct Session<B> {
     config: SessionConfig,
     state: State,
     peer: Option<pb::Settings>,
-    calls: HashMap<u64, Call<B>>,
+    calls: super::IdMap<Call<B>>,
     deadlines: BTreeSet<(Instant, u64)>,
     ready: VecDeque<u64>,
     control: VecDeque<Frame>,
@@ -80,7 +80,7 @@ impl<B: Body> Session<B> {
             role,
             state: State::Handshake,
             peer: None,
-            calls: HashMap::new(),
+            calls: super::IdMap::default(),
             deadlines: BTreeSet::new(),
             ready: VecDeque::new(),
             control: VecDeque::from([Frame::Settings(settings)]),

@@ -18,6 +18,7 @@
 
 mod config;
 mod flow;
+mod id_map;
 mod machine;
 mod queue;
 #[cfg(test)]
@@ -26,6 +27,7 @@ mod tests;
 use bytes::Bytes;
 
 pub use config::{ConfigError, SessionConfig};
+pub(crate) use id_map::IdMap;
 pub use machine::Session;
 
 use crate::pb::rpc as pb;
