@@ -32,8 +32,8 @@ fn prost_send_buffer(c: &mut Criterion) {
         let request = EchoRequest { payload: payload(len) };
         group.throughput(Throughput::Bytes((HEADER_LEN + request.encoded_len()) as u64));
         group.bench_with_input(BenchmarkId::new("encode", name), &request, |b, request| {
+            let alloc = TcpAlloc::default();
             b.iter(|| {
-                let alloc = TcpAlloc;
                 let mut buf = alloc
                     .try_alloc(HEADER_LEN + request.encoded_len())
                     .expect("TCP buffers are always available")

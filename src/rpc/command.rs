@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
 
 pub(crate) use super::events::{CallEvent, CallShared};
@@ -25,9 +25,9 @@ pub(crate) enum Outgoing<B> {
     Buf(B),
     /// A payload that follows a separately encoded header (never copied by TCP).
     Bytes(Bytes),
-    /// Heap bytes holding `HEADER_LEN` bytes of room for the header, then the body (written with
-    /// one buffer less than `Bytes`).
-    Framed(Bytes),
+    /// A heap buffer holding `HEADER_LEN` bytes of room for the header, then the body (written
+    /// with one buffer less than `Bytes`, and reusable by the transport once written).
+    Framed(BytesMut),
 }
 
 impl<B: SendBuffer> Body for Outgoing<B> {
@@ -84,7 +84,7 @@ pub(crate) enum CallCommand {
     /// Send a MESSAGE or DATA frame whose body is `body`.
     SendBytes { id: u64, kind: Kind, body: Bytes, end: bool, ack: Option<oneshot::Sender<()>> },
     /// Server: the last MESSAGE of a call, encoded behind `HEADER_LEN` bytes of room.
-    Reply { id: u64, body: Bytes },
+    Reply { id: u64, body: BytesMut },
     /// Half-close.
     End { id: u64 },
     /// Server: end the call with this status. Client: cancel it.

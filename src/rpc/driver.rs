@@ -82,6 +82,13 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
         closed,
     } = setup;
     let limits = WireLimits { max_frame_size: config.max_frame_size };
+    // Where a server's unary replies are encoded (TCP: buffers the sender hands back once written).
+    let serving = Serving {
+        router: router.as_deref(),
+        ctl: &ctl_tx,
+        peer: &peer,
+        heap_pool: crate::transport::BufferAlloc::heap_pool(&alloc),
+    };
     let mut outbox = Outbox::new(alloc, sender);
     let mut session: Session<Outgoing<T::Buf>> = match Session::new(role, config, now()) {
         Ok(session) => session,
@@ -128,7 +135,7 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
                 if let Event::ConnectionClosed(status) = &event {
                     final_status = status.clone();
                 }
-                dispatch(event, &mut session, &mut slots, router.as_deref(), &ctl_tx, &peer, &mut fresh);
+                dispatch(event, &mut session, &mut slots, &serving, &mut fresh);
             }
             if !fresh.is_empty() {
                 for handler in fresh.drain(..) {
@@ -472,20 +479,28 @@ fn run_fresh(handler: Fresh, slots: &mut IdMap<Slot>, ctl: &mpsc::UnboundedSende
     }
 }
 
+/// What dispatching needs to start server calls.
+struct Serving<'a> {
+    router: Option<&'a Router>,
+    ctl: &'a mpsc::UnboundedSender<CallCommand>,
+    peer: &'a Arc<str>,
+    /// Where unary replies are encoded (the transport's heap buffer pool, if it has one).
+    heap_pool: Option<crate::transport::tcp::BufPool>,
+}
+
 fn dispatch<B: crate::transport::SendBuffer>(
     event: Event,
     session: &mut Session<Outgoing<B>>,
     slots: &mut IdMap<Slot>,
-    router: Option<&Router>,
-    ctl: &mpsc::UnboundedSender<CallCommand>,
-    peer: &Arc<str>,
+    serving: &Serving<'_>,
     fresh: &mut Vec<Fresh>,
 ) {
+    let Serving { router, ctl, peer, .. } = *serving;
     match event {
         Event::Incoming { id, header } => {
             let shared = Arc::new(CallShared::default());
             let ctx = RequestContext::new(header, peer.clone());
-            let call = ServerCall::new(id, ctl.clone(), ctx, shared.clone());
+            let call = ServerCall::new(id, ctl.clone(), ctx, shared.clone(), serving.heap_pool.clone());
             let routed = match router {
                 Some(router) => router.route(call),
                 None => Err(call),

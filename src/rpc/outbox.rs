@@ -95,24 +95,14 @@ where
                 patch_header(&header, &mut body)?;
                 self.sender.feed(body)
             }
-            Transmit::Data { header, body: Outgoing::Framed(framed) } => {
+            Transmit::Data { header, body: Outgoing::Framed(mut framed) } => {
                 let head = buf.ok_or_else(missing)?;
-                match framed.try_into_mut() {
-                    // Always the case: the reply's bytes were made for this frame and are not shared.
-                    Ok(mut framed) => {
-                        let room = framed
-                            .get_mut(..HEADER_LEN)
-                            .and_then(|s| <&mut [u8; HEADER_LEN]>::try_from(s).ok())
-                            .ok_or_else(|| TransportError::Other("framed body has no room for the header".into()))?;
-                        header.write_to(room);
-                        self.sender.feed_with_payload(head, framed.freeze())
-                    }
-                    Err(framed) => {
-                        let mut head = head;
-                        header.encode(head.writer());
-                        self.sender.feed_with_payload(head, framed.slice(HEADER_LEN.min(framed.len())..))
-                    }
-                }
+                let room = framed
+                    .get_mut(..HEADER_LEN)
+                    .and_then(|s| <&mut [u8; HEADER_LEN]>::try_from(s).ok())
+                    .ok_or_else(|| TransportError::Other("framed body has no room for the header".into()))?;
+                header.write_to(room);
+                self.sender.feed_owned(head, framed)
             }
             Transmit::Data { header, body: Outgoing::Bytes(payload) } => {
                 let mut head = buf.ok_or_else(missing)?;

@@ -22,6 +22,7 @@ use crate::session::Role;
 use crate::status::Status;
 use crate::transport::Transport;
 use crate::transport::rdma::{Accepted, RdmaConfig};
+use crate::transport::tcp::BufPool;
 use crate::transport::tcp::{TcpHalves, TcpListener};
 
 /// A running handler.
@@ -103,6 +104,7 @@ pub struct ServerCall {
     ctl: mpsc::UnboundedSender<CallCommand>,
     ctx: RequestContext,
     shared: Arc<CallShared>,
+    pool: Option<BufPool>,
 }
 
 impl ServerCall {
@@ -111,8 +113,9 @@ impl ServerCall {
         ctl: mpsc::UnboundedSender<CallCommand>,
         ctx: RequestContext,
         shared: Arc<CallShared>,
+        pool: Option<BufPool>,
     ) -> Self {
-        ServerCall { id, ctl, ctx, shared }
+        ServerCall { id, ctl, ctx, shared, pool }
     }
 
     /// The call's context.
@@ -127,7 +130,7 @@ impl ServerCall {
     ) -> (CallReceiver<Req>, ResponseSender<Res>, RequestContext, Finisher) {
         let receiver = CallReceiver::new(self.id, self.ctl.clone(), self.shared.clone(), None);
         let sender = ResponseSender::new(self.id, self.ctl.clone(), self.shared);
-        (receiver, sender, self.ctx, Finisher { id: self.id, ctl: self.ctl })
+        (receiver, sender, self.ctx, Finisher { id: self.id, ctl: self.ctl, pool: self.pool })
     }
 }
 
@@ -136,12 +139,13 @@ impl ServerCall {
 pub struct Finisher {
     id: u64,
     ctl: mpsc::UnboundedSender<CallCommand>,
+    pool: Option<BufPool>,
 }
 
 impl Finisher {
     /// Ends the call with a final message (success).
     pub fn reply<M: Message>(self, message: &M) {
-        let body = codec::encode_framed(message);
+        let body = codec::encode_framed(message, self.pool.as_ref());
         let _ = self.ctl.send(CallCommand::Reply { id: self.id, body });
     }
 

@@ -20,7 +20,7 @@ pub mod tcp;
 
 use std::future::Future;
 
-use bytes::{BufMut, Bytes};
+use bytes::{BufMut, Bytes, BytesMut};
 
 /// What a transport can do, for the layers above to adapt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,8 +90,13 @@ pub trait BufferAlloc: Clone + Send + Sync + 'static {
     /// Cancel-safe (the driver polls it inside `select!`).
     fn alloc(&self, capacity: usize) -> impl Future<Output = Result<Self::Buf, TransportError>> + Send;
     /// A buffer now, for control frames and headers, or `None` when every buffer is in use (then
-    /// the writer flushes, which frees buffers, and waits with `alloc`).
+    /// the driver flushes, which frees buffers, and waits with `alloc`).
     fn try_alloc(&self, capacity: usize) -> Option<Result<Self::Buf, TransportError>>;
+    /// The pool heap buffers given to [`FrameSender::feed_owned`] return to once written, if the
+    /// transport has one (TCP); a server encodes its unary replies into it.
+    fn heap_pool(&self) -> Option<tcp::BufPool> {
+        None
+    }
 }
 
 /// The sending half of a connection.
@@ -102,6 +107,11 @@ pub trait FrameSender: Send + 'static {
     fn feed(&mut self, buf: Self::Buf) -> Result<(), TransportError>;
     /// Queues one message made of `head` followed by `payload`.
     fn feed_with_payload(&mut self, head: Self::Buf, payload: Bytes) -> Result<(), TransportError>;
+    /// Queues one message made of `head` followed by `payload`, a heap buffer the transport may
+    /// reuse once written (see [`BufferAlloc::heap_pool`]).
+    fn feed_owned(&mut self, head: Self::Buf, payload: BytesMut) -> Result<(), TransportError> {
+        self.feed_with_payload(head, payload.freeze())
+    }
     /// Writes everything queued. Must be cancel-safe: the driver polls it inside `select!`, so a
     /// dropped flush must lose nothing, and the next `feed` and `flush` go on where it stopped.
     fn flush(&mut self) -> impl Future<Output = Result<(), TransportError>> + Send;

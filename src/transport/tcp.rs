@@ -2,7 +2,7 @@
 //! a 4-byte length prefix per message, vectored writes that never copy a payload).
 
 use bytes::{Bytes, BytesMut};
-pub use rdma_rpc_transport_tcp::SendBuf;
+pub use rdma_rpc_transport_tcp::{BufPool, SendBuf};
 pub use rdma_rpc_transport_tcp::{TcpConfig, TcpConnection, TcpListener, TcpReceiver, TcpSender};
 
 use super::{BufferAlloc, Capabilities, FrameReceiver, FrameSender, SendBuffer, Transport, TransportError};
@@ -23,18 +23,25 @@ impl SendBuffer for SendBuf {
     }
 }
 
-/// Allocates TCP send buffers (heap memory; the prefix lives beside the body).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TcpAlloc;
+/// Allocates TCP send buffers: heap memory (the prefix lives beside the body) from the
+/// connection's pool, to which the sender returns every buffer it wrote.
+#[derive(Debug, Clone, Default)]
+pub struct TcpAlloc {
+    pool: BufPool,
+}
 
 impl BufferAlloc for TcpAlloc {
     type Buf = SendBuf;
     async fn alloc(&self, capacity: usize) -> Result<SendBuf, TransportError> {
-        Ok(SendBuf::with_capacity(capacity))
+        Ok(SendBuf::from(self.pool.take(capacity)))
     }
 
     fn try_alloc(&self, capacity: usize) -> Option<Result<SendBuf, TransportError>> {
-        Some(Ok(SendBuf::with_capacity(capacity)))
+        Some(Ok(SendBuf::from(self.pool.take(capacity))))
+    }
+
+    fn heap_pool(&self) -> Option<BufPool> {
+        Some(self.pool.clone())
     }
 }
 
@@ -47,6 +54,10 @@ impl FrameSender for TcpSender {
 
     fn feed_with_payload(&mut self, head: SendBuf, payload: Bytes) -> Result<(), TransportError> {
         Ok(TcpSender::feed_with_payload(self, head, payload)?)
+    }
+
+    fn feed_owned(&mut self, head: SendBuf, payload: BytesMut) -> Result<(), TransportError> {
+        Ok(TcpSender::feed_with_owned_payload(self, head, payload)?)
     }
 
     async fn flush(&mut self) -> Result<(), TransportError> {
@@ -92,7 +103,7 @@ impl Transport for TcpConnection {
 
     fn split(self) -> (TcpAlloc, TcpSender, TcpReceiver) {
         let (sender, receiver) = TcpConnection::split(self);
-        (TcpAlloc, sender, receiver)
+        (TcpAlloc { pool: sender.pool().clone() }, sender, receiver)
     }
 }
 
@@ -142,6 +153,10 @@ impl Transport for TcpHalves {
     }
 
     fn split(self) -> (TcpAlloc, TcpSender, PrefixedReceiver) {
-        (TcpAlloc, self.sender, PrefixedReceiver { first: self.first, inner: self.receiver })
+        (
+            TcpAlloc { pool: self.sender.pool().clone() },
+            self.sender,
+            PrefixedReceiver { first: self.first, inner: self.receiver },
+        )
     }
 }

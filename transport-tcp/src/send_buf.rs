@@ -53,6 +53,11 @@ impl SendBuf {
         self.body.clear();
     }
 
+    /// The message body as a `BytesMut` (no copy).
+    pub fn into_inner(self) -> BytesMut {
+        self.body
+    }
+
     /// The message body, frozen (no copy).
     pub fn freeze(self) -> Bytes {
         self.body.freeze()

@@ -3,13 +3,14 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 
 use crate::config::TcpConfig;
 use crate::deframer::LENGTH_PREFIX_LEN;
 use crate::error::TcpError;
+use crate::pool::BufPool;
 use crate::send_buf::SendBuf;
 
 /// Most `IoSlice`s handed to one `writev` call.
@@ -20,8 +21,11 @@ const MAX_IO_SLICES: usize = 64;
 enum Segment {
     /// A length prefix, of which `written` bytes already went out.
     Prefix { bytes: [u8; LENGTH_PREFIX_LEN], written: usize },
-    /// Message bytes (a body or a payload), advanced past what went out.
+    /// Message bytes (a payload), advanced past what went out.
     Data(Bytes),
+    /// A buffer this sender owns, of which `written` bytes went out; back to the pool once all
+    /// did.
+    Owned { buf: BytesMut, written: usize },
 }
 
 impl Segment {
@@ -30,6 +34,7 @@ impl Segment {
         match self {
             Self::Prefix { bytes, written } => bytes.get(*written..).unwrap_or_default(),
             Self::Data(data) => data,
+            Self::Owned { buf, written } => buf.get(*written..).unwrap_or_default(),
         }
     }
 
@@ -38,6 +43,7 @@ impl Segment {
         match self {
             Self::Prefix { written, .. } => *written = (*written + n).min(LENGTH_PREFIX_LEN),
             Self::Data(data) => data.advance(n.min(data.len())),
+            Self::Owned { buf, written } => *written = (*written + n).min(buf.len()),
         }
     }
 }
@@ -61,6 +67,7 @@ pub struct TcpSender {
     queue: VecDeque<Segment>,
     queued_bytes: usize,
     closed: bool,
+    pool: BufPool,
 }
 
 impl TcpSender {
@@ -72,7 +79,14 @@ impl TcpSender {
             queue: VecDeque::with_capacity(MAX_IO_SLICES),
             queued_bytes: 0,
             closed: false,
+            pool: BufPool::default(),
         }
+    }
+
+    /// The pool this sender returns written buffers to; [`buffer`](Self::buffer) takes from it,
+    /// and so can whoever encodes messages for this connection.
+    pub fn pool(&self) -> &BufPool {
+        &self.pool
     }
 
     /// The configuration of this connection.
@@ -82,7 +96,7 @@ impl TcpSender {
 
     /// A new, empty send buffer able to hold `capacity` message bytes.
     pub fn buffer(&self, capacity: usize) -> SendBuf {
-        SendBuf::with_capacity(capacity)
+        SendBuf::from(self.pool.take(capacity))
     }
 
     /// Queues `buf` as one message, without IO.
@@ -99,21 +113,36 @@ impl TcpSender {
     /// Fails like [`feed`](Self::feed) if `head.len() + payload.len()` is over
     /// the maximum message size.
     pub fn feed_with_payload(&mut self, head: SendBuf, payload: Bytes) -> Result<(), TcpError> {
+        let payload_len = payload.len();
+        self.queue_message(head, payload_len, Segment::Data(payload))
+    }
+
+    /// Queues one message made of `head` followed by `payload`, a buffer this sender may reuse
+    /// once written (see [`pool`](Self::pool)). No copy, no IO.
+    pub fn feed_with_owned_payload(&mut self, head: SendBuf, payload: BytesMut) -> Result<(), TcpError> {
+        let payload_len = payload.len();
+        self.queue_message(head, payload_len, Segment::Owned { buf: payload, written: 0 })
+    }
+
+    fn queue_message(&mut self, head: SendBuf, payload_len: usize, payload: Segment) -> Result<(), TcpError> {
         if self.closed {
             return Err(TcpError::Closed);
         }
-        let len = head.len().saturating_add(payload.len());
+        let len = head.len().saturating_add(payload_len);
         let too_large = TcpError::MessageTooLarge { len, max: self.max_message_size };
         if len > self.max_message_size {
             return Err(too_large);
         }
         let prefix = u32::try_from(len).map_err(|_| too_large)?;
         self.queue.push_back(Segment::Prefix { bytes: prefix.to_be_bytes(), written: 0 });
-        if !head.is_empty() {
-            self.queue.push_back(Segment::Data(head.freeze()));
+        let head = head.into_inner();
+        if head.is_empty() {
+            self.pool.give(head);
+        } else {
+            self.queue.push_back(Segment::Owned { buf: head, written: 0 });
         }
-        if !payload.is_empty() {
-            self.queue.push_back(Segment::Data(payload));
+        if payload_len > 0 {
+            self.queue.push_back(payload);
         }
         self.queued_bytes += LENGTH_PREFIX_LEN + len;
         Ok(())
@@ -201,7 +230,9 @@ impl TcpSender {
                 break;
             }
             n -= remaining;
-            self.queue.pop_front();
+            if let Some(Segment::Owned { buf, .. }) = self.queue.pop_front() {
+                self.pool.give(buf);
+            }
         }
     }
 
@@ -218,6 +249,7 @@ impl TcpSender {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BufMut;
 
     /// A sender whose peer never reads (fine for tests that do no IO).
     async fn sender() -> (TcpSender, tokio::net::TcpStream) {
@@ -273,6 +305,24 @@ mod tests {
         assert!(tx.queue.is_empty());
         tx.consume(5); // more than queued: ignored, no panic
         assert_eq!(tx.queued_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn written_buffers_go_back_to_the_pool_and_shared_ones_do_not() {
+        let (mut tx, _peer) = sender().await;
+        let mut head = tx.buffer(64);
+        head.body_mut().put_slice(b"head");
+        let head_ptr = head.as_slice().as_ptr();
+        let mut owned = tx.pool().take(64);
+        owned.put_slice(b"owned payload");
+        tx.feed_with_owned_payload(head, owned).expect("feed");
+        tx.feed_with_payload(SendBuf::default(), Bytes::from_static(b"shared payload")).expect("feed");
+        assert!(tx.pool().is_empty());
+        tx.flush().await.expect("flush");
+        assert_eq!(tx.pool().len(), 2, "the head and the owned payload; not the `Bytes`");
+        let reused = tx.buffer(16);
+        assert_eq!(reused.as_slice().as_ptr(), head_ptr, "the head's allocation comes back first");
+        assert!(reused.is_empty());
     }
 
     #[tokio::test]
