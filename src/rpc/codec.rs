@@ -7,7 +7,6 @@ use prost::Message;
 use prost::encoding::{self, WireType};
 
 use crate::status::Status;
-use crate::transport::tcp::BufPool;
 use crate::transport::{BufferAlloc, SendBuffer};
 use crate::wire::HEADER_LEN;
 
@@ -105,22 +104,6 @@ pub(crate) fn encode_to_bytes<M: Message>(message: &M) -> Bytes {
     // Cannot fail: the buffer was sized by `encoded_len` and BytesMut grows anyway.
     let _ = message.encode(&mut buf);
     buf.freeze()
-}
-
-/// Encodes a message into a heap buffer behind `HEADER_LEN` bytes of room, for the driver to
-/// back-patch the frame header into (a server's unary reply: no separate header buffer). The
-/// buffer comes from the connection's pool when the transport has one (TCP: the sender returns
-/// it there once written), else it is a new allocation.
-pub(crate) fn encode_framed<M: Message>(message: &M, pool: Option<&BufPool>) -> BytesMut {
-    let capacity = HEADER_LEN + message.encoded_len();
-    let mut buf = match pool {
-        Some(pool) => pool.take(capacity),
-        None => BytesMut::with_capacity(capacity),
-    };
-    buf.put_bytes(0, HEADER_LEN);
-    // Cannot fail: the buffer was sized by `encoded_len` and BytesMut grows anyway.
-    let _ = message.encode(&mut buf);
-    buf
 }
 
 /// Decodes a message from the bytes of a received frame (zero copy for `bytes` fields).

@@ -84,7 +84,7 @@ pub(crate) enum CallCommand {
     /// Send a MESSAGE or DATA frame whose body is `body`.
     SendBytes { id: u64, kind: Kind, body: Bytes, end: bool, ack: Option<oneshot::Sender<()>> },
     /// Server: the last MESSAGE of a call, encoded behind `HEADER_LEN` bytes of room.
-    Reply { id: u64, body: BytesMut },
+    Reply { id: u64, body: crate::transport::ReplyBody },
     /// Half-close.
     End { id: u64 },
     /// Server: end the call with this status. Client: cancel it.

@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::BytesMut;
 use futures_util::FutureExt as _;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument as _;
@@ -22,8 +23,8 @@ use super::server::{HandlerFuture, RequestContext, Router, ServerCall};
 use crate::pb::rpc as pb;
 use crate::session::{Event, IdMap, Role, Session, SessionConfig, Transmit};
 use crate::status::Status;
-use crate::transport::{FrameReceiver, Transport};
-use crate::wire::{Frame, HEADER_LEN, Kind, WireLimits};
+use crate::transport::{FrameReceiver, ReplyAlloc, ReplyBody, Transport};
+use crate::wire::{Frame, Kind, WireLimits};
 
 /// Commands, or received frames, taken in one pass of the driver before its frames are written.
 const BATCH: usize = 64;
@@ -87,7 +88,7 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
         router: router.as_deref(),
         ctl: &ctl_tx,
         peer: &peer,
-        heap_pool: crate::transport::BufferAlloc::heap_pool(&alloc),
+        replies: Arc::new(crate::transport::BufferAlloc::reply_alloc(&alloc)),
     };
     let mut outbox = Outbox::new(alloc, sender);
     let mut session: Session<Outgoing<T::Buf>> = match Session::new(role, config, now()) {
@@ -368,8 +369,16 @@ fn apply_ctl<B: crate::transport::SendBuffer>(
             }
         }
         CallCommand::Reply { id, body } => {
-            let len = body.len().saturating_sub(HEADER_LEN) as u64;
-            queue_send(session, slots, id, Kind::Message, Outgoing::Framed(body), true, None, len);
+            let len = body.message_len() as u64;
+            let body = match B::from_reply(body) {
+                // Encoded in this transport's own memory: sent as it is, as a client's request is.
+                Ok(buf) => Outgoing::Buf(buf),
+                Err(ReplyBody::Heap(heap)) => Outgoing::Framed(heap),
+                // Registered memory on a transport that is not RDMA: cannot be, but copy rather
+                // than lose the reply.
+                Err(ReplyBody::Registered(slot)) => Outgoing::Framed(BytesMut::from(slot.written())),
+            };
+            queue_send(session, slots, id, Kind::Message, body, true, None, len);
             if session.role() == Role::Server {
                 finish_slot(slots, id, Status::ok());
             }
@@ -484,8 +493,8 @@ struct Serving<'a> {
     router: Option<&'a Router>,
     ctl: &'a mpsc::UnboundedSender<CallCommand>,
     peer: &'a Arc<str>,
-    /// Where unary replies are encoded (the transport's heap buffer pool, if it has one).
-    heap_pool: Option<crate::transport::tcp::BufPool>,
+    /// Where unary replies are encoded (the transport's own memory, or a heap pool).
+    replies: Arc<ReplyAlloc>,
 }
 
 fn dispatch<B: crate::transport::SendBuffer>(
@@ -500,7 +509,7 @@ fn dispatch<B: crate::transport::SendBuffer>(
         Event::Incoming { id, header } => {
             let shared = Arc::new(CallShared::default());
             let ctx = RequestContext::new(header, peer.clone());
-            let call = ServerCall::new(id, ctl.clone(), ctx, shared.clone(), serving.heap_pool.clone());
+            let call = ServerCall::new(id, ctl.clone(), ctx, shared.clone(), serving.replies.clone());
             let routed = match router {
                 Some(router) => router.route(call),
                 None => Err(call),

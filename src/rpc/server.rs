@@ -13,16 +13,15 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::call::{CallReceiver, ResponseSender};
-use super::codec;
 use super::command::{CallCommand, CallShared};
 use super::driver::{DriverSetup, drive};
 use super::{ConnectionConfig, now};
 use crate::pb::rpc as pb;
 use crate::session::Role;
 use crate::status::Status;
+use crate::transport::ReplyAlloc;
 use crate::transport::Transport;
 use crate::transport::rdma::{Accepted, RdmaConfig};
-use crate::transport::tcp::BufPool;
 use crate::transport::tcp::{TcpHalves, TcpListener};
 
 /// A running handler.
@@ -104,7 +103,7 @@ pub struct ServerCall {
     ctl: mpsc::UnboundedSender<CallCommand>,
     ctx: RequestContext,
     shared: Arc<CallShared>,
-    pool: Option<BufPool>,
+    replies: Arc<ReplyAlloc>,
 }
 
 impl ServerCall {
@@ -113,9 +112,9 @@ impl ServerCall {
         ctl: mpsc::UnboundedSender<CallCommand>,
         ctx: RequestContext,
         shared: Arc<CallShared>,
-        pool: Option<BufPool>,
+        replies: Arc<ReplyAlloc>,
     ) -> Self {
-        ServerCall { id, ctl, ctx, shared, pool }
+        ServerCall { id, ctl, ctx, shared, replies }
     }
 
     /// The call's context.
@@ -130,7 +129,7 @@ impl ServerCall {
     ) -> (CallReceiver<Req>, ResponseSender<Res>, RequestContext, Finisher) {
         let receiver = CallReceiver::new(self.id, self.ctl.clone(), self.shared.clone(), None);
         let sender = ResponseSender::new(self.id, self.ctl.clone(), self.shared);
-        (receiver, sender, self.ctx, Finisher { id: self.id, ctl: self.ctl, pool: self.pool })
+        (receiver, sender, self.ctx, Finisher { id: self.id, ctl: self.ctl, replies: self.replies })
     }
 }
 
@@ -139,13 +138,13 @@ impl ServerCall {
 pub struct Finisher {
     id: u64,
     ctl: mpsc::UnboundedSender<CallCommand>,
-    pool: Option<BufPool>,
+    replies: Arc<ReplyAlloc>,
 }
 
 impl Finisher {
     /// Ends the call with a final message (success).
     pub fn reply<M: Message>(self, message: &M) {
-        let body = codec::encode_framed(message, self.pool.as_ref());
+        let body = self.replies.encode(message);
         let _ = self.ctl.send(CallCommand::Reply { id: self.id, body });
     }
 

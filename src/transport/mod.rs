@@ -16,7 +16,10 @@
 pub mod fault;
 pub mod mem;
 pub mod rdma;
+mod reply;
 pub mod tcp;
+
+pub use reply::{ReplyAlloc, ReplyBody};
 
 use std::future::Future;
 
@@ -79,6 +82,14 @@ pub trait SendBuffer: Send + 'static {
     fn written_mut(&mut self) -> &mut [u8];
     /// Keeps only the first `len` bytes written.
     fn truncate(&mut self, len: usize);
+    /// The buffer of a reply encoded in this transport's own memory (RDMA: a registered
+    /// buffer), or the reply back when it is not.
+    fn from_reply(body: ReplyBody) -> Result<Self, ReplyBody>
+    where
+        Self: Sized,
+    {
+        Err(body)
+    }
 }
 
 /// Hands out send buffers. Cheap to clone; shared by every handle of a connection.
@@ -92,10 +103,10 @@ pub trait BufferAlloc: Clone + Send + Sync + 'static {
     /// A buffer now, for control frames and headers, or `None` when every buffer is in use (then
     /// the driver flushes, which frees buffers, and waits with `alloc`).
     fn try_alloc(&self, capacity: usize) -> Option<Result<Self::Buf, TransportError>>;
-    /// The pool heap buffers given to [`FrameSender::feed_owned`] return to once written, if the
-    /// transport has one (TCP); a server encodes its unary replies into it.
-    fn heap_pool(&self) -> Option<tcp::BufPool> {
-        None
+    /// Where a server encodes its unary replies on this connection: the transport's own send
+    /// memory where it has a sync way to get it (RDMA), its heap pool (TCP), or the heap.
+    fn reply_alloc(&self) -> ReplyAlloc {
+        ReplyAlloc::Heap
     }
 }
 
@@ -108,7 +119,7 @@ pub trait FrameSender: Send + 'static {
     /// Queues one message made of `head` followed by `payload`.
     fn feed_with_payload(&mut self, head: Self::Buf, payload: Bytes) -> Result<(), TransportError>;
     /// Queues one message made of `head` followed by `payload`, a heap buffer the transport may
-    /// reuse once written (see [`BufferAlloc::heap_pool`]).
+    /// reuse once written (see [`BufferAlloc::reply_alloc`]).
     fn feed_owned(&mut self, head: Self::Buf, payload: BytesMut) -> Result<(), TransportError> {
         self.feed_with_payload(head, payload.freeze())
     }

@@ -26,6 +26,12 @@ impl SendBuffer for SlotWriter {
     fn truncate(&mut self, len: usize) {
         SlotWriter::truncate(self, len);
     }
+    fn from_reply(body: super::ReplyBody) -> Result<Self, super::ReplyBody> {
+        match body {
+            super::ReplyBody::Registered(slot) => Ok(slot),
+            other => Err(other),
+        }
+    }
 }
 
 impl BufferAlloc for RdmaAlloc {
@@ -36,6 +42,10 @@ impl BufferAlloc for RdmaAlloc {
 
     fn try_alloc(&self, capacity: usize) -> Option<Result<SlotWriter, TransportError>> {
         RdmaAlloc::try_alloc(self, capacity).map(|r| r.map_err(TransportError::from))
+    }
+
+    fn reply_alloc(&self) -> super::ReplyAlloc {
+        super::ReplyAlloc::Registered(self.clone())
     }
 }
 

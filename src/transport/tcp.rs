@@ -40,8 +40,8 @@ impl BufferAlloc for TcpAlloc {
         Some(Ok(SendBuf::from(self.pool.take(capacity))))
     }
 
-    fn heap_pool(&self) -> Option<BufPool> {
-        Some(self.pool.clone())
+    fn reply_alloc(&self) -> super::ReplyAlloc {
+        super::ReplyAlloc::Pooled(self.pool.clone())
     }
 }
 

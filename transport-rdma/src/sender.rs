@@ -55,6 +55,13 @@ impl RdmaAlloc {
         (region.free_count() > reserve).then(|| region.try_take()).flatten().map(|slot| Ok(SlotWriter::new(slot)))
     }
 
+    /// A registered buffer now for application data (the reserve for control frames stays free),
+    /// or `None` when none is: the caller falls back to heap memory instead of waiting.
+    pub fn try_alloc_data(&self, capacity: usize) -> Option<SlotWriter> {
+        let (region, reserve) = self.region_for(capacity).ok()?;
+        (region.free_count() > reserve).then(|| region.try_take()).flatten().map(SlotWriter::new)
+    }
+
     /// The region for `capacity` bytes and how many of its buffers application data leaves free.
     fn region_for(&self, capacity: usize) -> Result<(&Arc<Region>, usize), RdmaError> {
         if capacity <= self.slots.slot_size() {
