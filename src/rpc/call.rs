@@ -16,6 +16,7 @@ use super::client::Client;
 use super::codec;
 use super::command::{BufCommand, CallCommand, CallEvent, CallShared};
 use crate::status::Status;
+use crate::transport::ReplyAlloc;
 use crate::transport::{SendBuffer, Transport};
 use crate::wire::{HEADER_LEN, Kind};
 
@@ -313,18 +314,30 @@ pub struct ResponseSender<M> {
     id: u64,
     ctl: mpsc::UnboundedSender<CallCommand>,
     shared: Arc<CallShared>,
+    replies: Arc<ReplyAlloc>,
     last_ack: Option<oneshot::Receiver<()>>,
     _message: PhantomData<fn(M)>,
 }
 
 impl<M: Message> ResponseSender<M> {
-    pub(crate) fn new(id: u64, ctl: mpsc::UnboundedSender<CallCommand>, shared: Arc<CallShared>) -> Self {
-        ResponseSender { id, ctl, shared, last_ack: None, _message: PhantomData }
+    pub(crate) fn new(
+        id: u64,
+        ctl: mpsc::UnboundedSender<CallCommand>,
+        shared: Arc<CallShared>,
+        replies: Arc<ReplyAlloc>,
+    ) -> Self {
+        ResponseSender { id, ctl, shared, replies, last_ack: None, _message: PhantomData }
     }
 
-    /// Sends one message.
+    /// Sends one message, encoded into the transport's own send memory (over RDMA a registered
+    /// buffer, so it is not copied again).
     pub async fn send(&mut self, message: &M) -> Result<(), Status> {
-        self.send_bytes(Kind::Message, codec::encode_to_bytes(message)).await
+        self.wait_previous().await?;
+        let body = self.replies.encode(message);
+        let (ack, rx) = oneshot::channel();
+        self.last_ack = Some(rx);
+        let cmd = CallCommand::SendReply { id: self.id, body, ack };
+        self.ctl.send(cmd).map_err(|_| self.ended())
     }
 
     /// Sends raw stream data, not copied on its way to the transport.
@@ -337,10 +350,15 @@ impl<M: Message> ResponseSender<M> {
         self.send_bytes(Kind::Message, message).await
     }
 
-    async fn send_bytes(&mut self, kind: Kind, body: Bytes) -> Result<(), Status> {
+    async fn wait_previous(&mut self) -> Result<(), Status> {
         if let Some(ack) = self.last_ack.take() {
             ack.await.map_err(|_| self.ended())?;
         }
+        Ok(())
+    }
+
+    async fn send_bytes(&mut self, kind: Kind, body: Bytes) -> Result<(), Status> {
+        self.wait_previous().await?;
         let (ack, rx) = oneshot::channel();
         self.last_ack = Some(rx);
         let cmd = CallCommand::SendBytes { id: self.id, kind, body, end: false, ack: Some(ack) };

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 use prost::Message;
 use prost::encoding::{self, WireType};
 
@@ -96,14 +96,6 @@ pub(crate) async fn encode_message<A: BufferAlloc, M: Message>(alloc: &A, messag
     writer.put_bytes(0, HEADER_LEN);
     message.encode(writer).map_err(encode_status)?;
     Ok(buf)
-}
-
-/// Encodes a message into fresh heap bytes (server replies; sent behind a separate header).
-pub(crate) fn encode_to_bytes<M: Message>(message: &M) -> Bytes {
-    let mut buf = BytesMut::with_capacity(message.encoded_len());
-    // Cannot fail: the buffer was sized by `encoded_len` and BytesMut grows anyway.
-    let _ = message.encode(&mut buf);
-    buf.freeze()
 }
 
 /// Decodes a message from the bytes of a received frame (zero copy for `bytes` fields).

@@ -85,6 +85,8 @@ pub(crate) enum CallCommand {
     SendBytes { id: u64, kind: Kind, body: Bytes, end: bool, ack: Option<oneshot::Sender<()>> },
     /// Server: the last MESSAGE of a call, encoded behind `HEADER_LEN` bytes of room.
     Reply { id: u64, body: crate::transport::ReplyBody },
+    /// Server: a MESSAGE of a response stream, encoded behind `HEADER_LEN` bytes of room.
+    SendReply { id: u64, body: crate::transport::ReplyBody, ack: oneshot::Sender<()> },
     /// Half-close.
     End { id: u64 },
     /// Server: end the call with this status. Client: cancel it.

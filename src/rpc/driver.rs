@@ -368,17 +368,13 @@ fn apply_ctl<B: crate::transport::SendBuffer>(
                 finish_slot(slots, id, Status::ok());
             }
         }
+        CallCommand::SendReply { id, body, ack } => {
+            let len = body.message_len() as u64;
+            queue_send(session, slots, id, Kind::Message, reply_outgoing(body), false, Some(ack), len);
+        }
         CallCommand::Reply { id, body } => {
             let len = body.message_len() as u64;
-            let body = match B::from_reply(body) {
-                // Encoded in this transport's own memory: sent as it is, as a client's request is.
-                Ok(buf) => Outgoing::Buf(buf),
-                Err(ReplyBody::Heap(heap)) => Outgoing::Framed(heap),
-                // Registered memory on a transport that is not RDMA: cannot be, but copy rather
-                // than lose the reply.
-                Err(ReplyBody::Registered(slot)) => Outgoing::Framed(BytesMut::from(slot.written())),
-            };
-            queue_send(session, slots, id, Kind::Message, body, true, None, len);
+            queue_send(session, slots, id, Kind::Message, reply_outgoing(body), true, None, len);
             if session.role() == Role::Server {
                 finish_slot(slots, id, Status::ok());
             }
@@ -391,6 +387,18 @@ fn apply_ctl<B: crate::transport::SendBuffer>(
             finish_slot(slots, id, status);
         }
         CallCommand::Consumed { id, len } => session.release(id, len),
+    }
+}
+
+/// How a reply encoded by a handler travels.
+fn reply_outgoing<B: crate::transport::SendBuffer>(body: ReplyBody) -> Outgoing<B> {
+    match B::from_reply(body) {
+        // Encoded in this transport's own memory: sent as it is, as a client's request is.
+        Ok(buf) => Outgoing::Buf(buf),
+        Err(ReplyBody::Heap(heap)) => Outgoing::Framed(heap),
+        // Registered memory on a transport that is not RDMA: cannot be, but copy rather than
+        // lose the reply.
+        Err(ReplyBody::Registered(slot)) => Outgoing::Framed(BytesMut::from(slot.written())),
     }
 }
 

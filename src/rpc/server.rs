@@ -128,7 +128,7 @@ impl ServerCall {
         self,
     ) -> (CallReceiver<Req>, ResponseSender<Res>, RequestContext, Finisher) {
         let receiver = CallReceiver::new(self.id, self.ctl.clone(), self.shared.clone(), None);
-        let sender = ResponseSender::new(self.id, self.ctl.clone(), self.shared);
+        let sender = ResponseSender::new(self.id, self.ctl.clone(), self.shared, self.replies.clone());
         (receiver, sender, self.ctx, Finisher { id: self.id, ctl: self.ctl, replies: self.replies })
     }
 }
