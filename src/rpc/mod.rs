@@ -17,6 +17,7 @@ mod client;
 mod codec;
 mod command;
 mod connect;
+mod dispatch;
 mod driver;
 mod events;
 mod outbox;

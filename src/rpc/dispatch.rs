@@ -1,0 +1,291 @@
+//! What the driver does with commands from call handles and events from the session: per-call
+//! bookkeeping ([`Slot`]), starting server calls (routing, the handler polled once inline),
+//! delivering messages to handles, queueing their frames. Synchronous helpers of `driver.rs`;
+//! nothing here awaits.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use futures_util::FutureExt as _;
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument as _;
+
+use super::command::{BufCommand, CallCommand, CallEvent, CallShared, MethodName, Outgoing};
+use super::events::EventSender;
+use super::now;
+use super::server::{HandlerFuture, RequestContext, Router, ServerCall};
+use crate::session::{Event, IdMap, Role, Session};
+use crate::status::Status;
+use crate::transport::{ReplyAlloc, ReplyBody};
+use crate::wire::Kind;
+
+/// Per-call bookkeeping in the driver.
+pub(super) struct Slot {
+    pub(super) events: EventSender,
+    /// One entry per queued MESSAGE/DATA frame, in order; `Some` when a handle waits for it.
+    pub(super) acks: VecDeque<Option<oneshot::Sender<()>>>,
+    handler: Option<tokio::task::AbortHandle>,
+    method: MethodName,
+    started: Instant,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+pub(super) fn apply_buf<B: crate::transport::SendBuffer>(
+    cmd: BufCommand<B>,
+    session: &mut Session<Outgoing<B>>,
+    slots: &mut IdMap<Slot>,
+) {
+    match cmd {
+        BufCommand::Open { id, method, timeout, body, has_message, end, shared } => {
+            let len = body.len() as u64;
+            match session.open_call(now(), id, timeout, Outgoing::Buf(body), has_message, end) {
+                Ok(()) => {
+                    let slot = Slot {
+                        events: EventSender::new(shared),
+                        acks: VecDeque::new(),
+                        handler: None,
+                        method,
+                        started: now(),
+                        bytes_in: 0,
+                        bytes_out: len,
+                    };
+                    slots.insert(id, slot);
+                }
+                Err(status) => {
+                    let _ = shared.status.set(status.clone());
+                    EventSender::new(shared).send(CallEvent::Closed(status));
+                }
+            }
+        }
+        BufCommand::Send { id, kind, body, end, ack } => {
+            let len = body.len() as u64;
+            queue_send(session, slots, id, kind, Outgoing::Buf(body), end, ack, len);
+        }
+    }
+}
+
+pub(super) fn apply_ctl<B: crate::transport::SendBuffer>(
+    cmd: CallCommand,
+    session: &mut Session<Outgoing<B>>,
+    slots: &mut IdMap<Slot>,
+) {
+    match cmd {
+        CallCommand::SendBytes { id, kind, body, end, ack } => {
+            let len = body.len() as u64;
+            queue_send(session, slots, id, kind, Outgoing::Bytes(body), end, ack, len);
+            if end && session.role() == Role::Server {
+                finish_slot(slots, id, Status::ok());
+            }
+        }
+        CallCommand::SendReply { id, body, ack } => {
+            let len = body.message_len() as u64;
+            queue_send(session, slots, id, Kind::Message, reply_outgoing(body), false, Some(ack), len);
+        }
+        CallCommand::Reply { id, body } => {
+            let len = body.message_len() as u64;
+            queue_send(session, slots, id, Kind::Message, reply_outgoing(body), true, None, len);
+            if session.role() == Role::Server {
+                finish_slot(slots, id, Status::ok());
+            }
+        }
+        CallCommand::End { id } => {
+            let _ = session.end_stream(id);
+        }
+        CallCommand::Finish { id, status } => {
+            session.finish(id, status.clone());
+            finish_slot(slots, id, status);
+        }
+        CallCommand::Consumed { id, len } => session.release(id, len),
+    }
+}
+
+/// How a reply encoded by a handler travels.
+fn reply_outgoing<B: crate::transport::SendBuffer>(body: ReplyBody) -> Outgoing<B> {
+    match B::from_reply(body) {
+        // Encoded in this transport's own memory: sent as it is, as a client's request is.
+        Ok(buf) => Outgoing::Buf(buf),
+        Err(ReplyBody::Heap(heap)) => Outgoing::Framed(heap),
+        // Registered memory on a transport that is not RDMA: cannot be, but copy rather than
+        // lose the reply.
+        Err(ReplyBody::Registered(slot)) => Outgoing::Framed(BytesMut::from(slot.written())),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn queue_send<B: crate::transport::SendBuffer>(
+    session: &mut Session<Outgoing<B>>,
+    slots: &mut IdMap<Slot>,
+    id: u64,
+    kind: Kind,
+    body: Outgoing<B>,
+    end: bool,
+    ack: Option<oneshot::Sender<()>>,
+    len: u64,
+) {
+    let Some(slot) = slots.get_mut(&id) else { return };
+    match session.send(id, kind, body, end) {
+        Ok(()) => {
+            // The last frame of a call needs no entry when nobody waits for it: nothing is
+            // queued behind it whose ack it could take. (Saves an allocation per unary reply.)
+            if ack.is_some() || !end {
+                slot.acks.push_back(ack);
+            }
+            slot.bytes_out += len;
+        }
+        Err(status) => {
+            // Too large, or the call already ended: the handle learns it from its ack being
+            // dropped and the call's status.
+            session.finish(id, status.clone());
+            finish_slot(slots, id, status);
+        }
+    }
+}
+
+/// Ends a call's bookkeeping and tells its handle.
+fn finish_slot(slots: &mut IdMap<Slot>, id: u64, status: Status) {
+    if let Some(slot) = slots.remove(&id) {
+        close_slot(slot, id, status);
+    }
+}
+
+fn close_slot(slot: Slot, id: u64, status: Status) {
+    let _ = slot.events.shared().status.set(status.clone());
+    slot.events.send(CallEvent::Closed(status.clone()));
+    if !status.is_ok()
+        && let Some(handler) = &slot.handler
+    {
+        handler.abort();
+    }
+    tracing::debug!(
+        call = id,
+        method = %slot.method,
+        duration_us = slot.started.elapsed().as_micros() as u64,
+        bytes_in = slot.bytes_in,
+        bytes_out = slot.bytes_out,
+        code = %status.code,
+        "call finished"
+    );
+}
+
+/// A handler routed but not polled yet.
+pub(super) struct Fresh {
+    id: u64,
+    future: HandlerFuture,
+    span: tracing::Span,
+}
+
+/// Polls a new handler once, inline, with the events dispatched so far already in its queue: a
+/// unary handler that answers at once (an echo) then needs no task, no wake-up and no hop back to
+/// the driver. One that is not done is spawned as before; its task polls it again at once, so
+/// the no-op waker of the inline poll is never the one it waits on. A panic ends the call as the
+/// spawned guard would.
+pub(super) fn run_fresh(handler: Fresh, slots: &mut IdMap<Slot>, ctl: &mpsc::UnboundedSender<CallCommand>) {
+    let Fresh { id, mut future, span } = handler;
+    // Closed in the same pass (cancelled, connection failed): never started, as an aborted task.
+    let Some(slot) = slots.get_mut(&id) else { return };
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let polled =
+        span.in_scope(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.as_mut().poll(&mut cx))));
+    match polled {
+        Ok(std::task::Poll::Ready(())) => {}
+        Ok(std::task::Poll::Pending) => {
+            let panic_ctl = ctl.clone();
+            let guarded = async move {
+                if std::panic::AssertUnwindSafe(future).catch_unwind().await.is_err() {
+                    let status = Status::internal("the server's handler panicked");
+                    let _ = panic_ctl.send(CallCommand::Finish { id, status });
+                }
+            };
+            slot.handler = Some(tokio::spawn(guarded.instrument(span)).abort_handle());
+        }
+        Err(_) => {
+            let status = Status::internal("the server's handler panicked");
+            let _ = ctl.send(CallCommand::Finish { id, status });
+        }
+    }
+}
+
+/// What dispatching needs to start server calls.
+pub(super) struct Serving<'a> {
+    pub(super) router: Option<&'a Router>,
+    pub(super) ctl: &'a mpsc::UnboundedSender<CallCommand>,
+    pub(super) peer: &'a Arc<str>,
+    /// Where unary replies are encoded (the transport's own memory, or a heap pool).
+    pub(super) replies: Arc<ReplyAlloc>,
+}
+
+pub(super) fn dispatch<B: crate::transport::SendBuffer>(
+    event: Event,
+    session: &mut Session<Outgoing<B>>,
+    slots: &mut IdMap<Slot>,
+    serving: &Serving<'_>,
+    fresh: &mut Vec<Fresh>,
+) {
+    let Serving { router, ctl, peer, .. } = *serving;
+    match event {
+        Event::Incoming { id, header } => {
+            let shared = Arc::new(CallShared::default());
+            let ctx = RequestContext::new(header, peer.clone());
+            let call = ServerCall::new(id, ctl.clone(), ctx, shared.clone(), serving.replies.clone());
+            let routed = match router {
+                Some(router) => router.route(call),
+                None => Err(call),
+            };
+            match routed {
+                Ok((method, future)) => {
+                    let span = tracing::info_span!("rpc", method = %method, peer = %peer, call = id);
+                    fresh.push(Fresh { id, future, span });
+                    let slot = Slot {
+                        events: EventSender::new(shared),
+                        acks: VecDeque::new(),
+                        handler: None,
+                        method: MethodName::Static(method),
+                        started: now(),
+                        bytes_in: 0,
+                        bytes_out: 0,
+                    };
+                    slots.insert(id, slot);
+                }
+                Err(call) => {
+                    let method = &call.context().method;
+                    tracing::debug!(%peer, %method, "unknown method");
+                    let known = router.map(Router::describe).unwrap_or_default();
+                    session.finish(
+                        id,
+                        Status::unimplemented(format!(
+                            "method {method} is not served here; this server serves: {known}"
+                        )),
+                    );
+                }
+            }
+        }
+        Event::Message { id, body, end } => deliver(slots, session.role(), id, CallEvent::Message(body), end),
+        Event::Data { id, body, end } => deliver(slots, session.role(), id, CallEvent::Data(body), end),
+        Event::RemoteEnd { id } => {
+            if let Some(slot) = slots.get(&id) {
+                slot.events.send(CallEvent::End);
+            }
+        }
+        Event::Closed { id, status } => finish_slot(slots, id, status),
+        Event::GoAway { last_call_id, status } => {
+            tracing::debug!(%peer, last_call_id, %status, "peer sent GOAWAY");
+        }
+        _ => {}
+    }
+}
+
+fn deliver(slots: &mut IdMap<Slot>, role: Role, id: u64, event: CallEvent, end: bool) {
+    if let Some(slot) = slots.get_mut(&id) {
+        if let CallEvent::Message(body) | CallEvent::Data(body) = &event {
+            slot.bytes_in += body.len() as u64;
+        }
+        slot.events.send(event);
+        // A client learns the end from `Closed`; a server's handler needs the half-close.
+        if end && role == Role::Server {
+            slot.events.send(CallEvent::End);
+        }
+    }
+}
