@@ -44,4 +44,12 @@ impl Echo for EchoService {
         }
         Ok(())
     }
+
+    async fn sink(&self, mut requests: CallReceiver<EchoRequest>, _ctx: RequestContext) -> Result<EchoReply, Status> {
+        let mut received = 0u64;
+        while let Some(chunk) = requests.data().await? {
+            received += chunk.len() as u64;
+        }
+        Ok(EchoReply { payload: bytes::Bytes::copy_from_slice(&received.to_be_bytes()) })
+    }
 }

@@ -13,7 +13,9 @@ pub mod alloc_count;
 pub mod raw;
 pub mod tonic_echo;
 
-pub use raw::{RawCopyServer, RawEchoClient, RawEchoServer, RawPipelinedClient, raw_copy_stream};
+pub use raw::{
+    RawCopyServer, RawEchoClient, RawEchoServer, RawPipelinedClient, RawSinkServer, raw_copy_stream, raw_sink_stream,
+};
 
 use std::io;
 use std::net::SocketAddr;

@@ -290,3 +290,56 @@ pub async fn raw_copy_stream(server: &RawCopyServer, chunk: Bytes, count: usize)
     }
     writer.await.map_err(io::Error::other)?
 }
+
+/// A plain tokio TCP sink: reads every connection to its end, then writes back how many bytes it
+/// read (8 bytes, big-endian) and closes. The one-way baseline ([`raw_sink_stream`]).
+#[derive(Debug)]
+pub struct RawSinkServer {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl RawSinkServer {
+    /// Binds 127.0.0.1 on a free port and sinks every accepted connection.
+    pub async fn start() -> io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 1 << 20];
+                    let mut received = 0u64;
+                    loop {
+                        match stream.read(&mut buf).await {
+                            Ok(0) => break,
+                            Ok(n) => received += n as u64,
+                            Err(_) => return,
+                        }
+                    }
+                    let _ = stream.write_all(&received.to_be_bytes()).await;
+                });
+            }
+        });
+        Ok(RawSinkServer { addr, task })
+    }
+}
+
+impl Drop for RawSinkServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Writes `count` copies of `chunk` to a [`RawSinkServer`], half-closes, and waits for its count;
+/// fails unless every byte arrived.
+pub async fn raw_sink_stream(server: &RawSinkServer, chunk: Bytes, count: usize) -> io::Result<()> {
+    let mut stream = TcpStream::connect(server.addr).await?;
+    stream.set_nodelay(true)?;
+    for _ in 0..count {
+        stream.write_all(&chunk).await?;
+    }
+    stream.shutdown().await?;
+    let received = stream.read_u64().await?;
+    let sent = (chunk.len() * count) as u64;
+    if received == sent { Ok(()) } else { Err(io::Error::other(format!("the sink read {received} of {sent} bytes"))) }
+}

@@ -59,6 +59,15 @@ impl Echo for TonicEcho {
     async fn pipe(&self, _request: Request<Streaming<EchoRequest>>) -> Result<Response<Self::PipeStream>, Status> {
         Err(Status::unimplemented("gRPC has no raw byte stream; use EchoStream"))
     }
+
+    async fn sink(&self, request: Request<Streaming<EchoRequest>>) -> Result<Response<EchoReply>, Status> {
+        let mut requests = request.into_inner();
+        let mut received = 0u64;
+        while let Some(request) = requests.message().await? {
+            received += request.payload.len() as u64;
+        }
+        Ok(Response::new(EchoReply { payload: received.to_be_bytes().to_vec().into() }))
+    }
 }
 
 /// tonic's server with the echo service on a loopback TCP port.

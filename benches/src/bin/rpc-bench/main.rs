@@ -30,7 +30,7 @@ use rdma_rpc::transport::rdma::{PollMode, RdmaConfig, RdmaConnection};
 use rdma_rpc::transport::tcp::{TcpConfig, TcpConnection};
 use rdma_rpc_benches::alloc_count::{CountingAlloc, Side, set_side};
 use rdma_rpc_benches::tonic_echo::{TonicEchoClient, TonicEchoServer};
-use rdma_rpc_benches::{RawCopyServer, RawEchoServer, RawPipelinedClient, RpcEchoServer, payload};
+use rdma_rpc_benches::{RawCopyServer, RawEchoServer, RawPipelinedClient, RawSinkServer, RpcEchoServer, payload};
 
 use report::{RAW, RAW_BUSY, RPC_RDMA, RPC_TCP, RPC_TCP_BUSY, Report, TONIC, UnaryRow};
 use unary::{Caller, Raw, RawPipelined, Rpc, Tonic};
@@ -149,6 +149,7 @@ struct Servers {
     raw_echo: RawEchoServer,
     raw_echo_busy: RawEchoServer,
     raw_copy: RawCopyServer,
+    raw_sink: RawSinkServer,
     tonic: TonicEchoServer,
 }
 
@@ -169,6 +170,7 @@ impl Servers {
             raw_echo: RawEchoServer::start().await.map_err(bind)?,
             raw_echo_busy: RawEchoServer::start_with(true).await.map_err(bind)?,
             raw_copy: RawCopyServer::start().await.map_err(bind)?,
+            raw_sink: RawSinkServer::start().await.map_err(bind)?,
             tonic: TonicEchoServer::start().await.map_err(bind)?,
         })
     }
@@ -306,7 +308,15 @@ async fn measure_streams(
         report.streams.push((RPC_RDMA, stream::rpc(rdma, payload(RDMA_CHUNK), count).await?));
     }
     report.streams.push((RAW, stream::raw(&servers.raw_copy, chunk.clone(), count).await?));
-    report.streams.push((TONIC, stream::tonic(tonic, chunk, count).await?));
+    report.streams.push((TONIC, stream::tonic(tonic, chunk.clone(), count).await?));
+
+    report.one_way.push((RPC_TCP, stream::rpc_one_way(rpc, chunk.clone(), count).await?));
+    if let Some(rdma) = rdma {
+        let count = plan.stream_bytes / RDMA_CHUNK;
+        report.one_way.push((RPC_RDMA, stream::rpc_one_way(rdma, payload(RDMA_CHUNK), count).await?));
+    }
+    report.one_way.push((RAW, stream::raw_one_way(&servers.raw_sink, chunk.clone(), count).await?));
+    report.one_way.push((TONIC, stream::tonic_one_way(tonic, chunk, count).await?));
     Ok(())
 }
 

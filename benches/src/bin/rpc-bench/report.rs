@@ -37,8 +37,10 @@ pub struct UnaryRow {
 pub struct Report {
     /// Unary round trips.
     pub unary: Vec<UnaryRow>,
-    /// Stream throughput per system.
+    /// Stream throughput per system (echo: both directions at once).
     pub streams: Vec<(&'static str, Throughput)>,
+    /// Stream throughput per system, one way.
+    pub one_way: Vec<(&'static str, Throughput)>,
     /// Allocations per unary call per system, at a payload size.
     pub allocations: Vec<(&'static str, usize, PerCall)>,
     /// Why the timings say nothing (a `--quick` smoke run, a debug build), if they don't.
@@ -100,9 +102,15 @@ impl Report {
 
     fn write_streams(&self, out: &mut String) {
         out.push_str("### Stream echo: throughput each way (every byte crosses the connection once each way)\n\n");
-        out.push_str("| system | chunk | MiB each way | MB/s each way | ÷ raw TCP copy |\n|---|---:|---:|---:|---:|\n");
-        let raw = self.stream(RAW);
-        for (system, t) in &self.streams {
+        Self::write_stream_table(out, &self.streams, "each way", "÷ raw TCP copy");
+        out.push_str("### Stream one way: client to a server that counts the bytes\n\n");
+        Self::write_stream_table(out, &self.one_way, "one way", "÷ raw TCP one way");
+    }
+
+    fn write_stream_table(out: &mut String, rows: &[(&'static str, Throughput)], way: &str, baseline: &str) {
+        let _ = writeln!(out, "| system | chunk | MiB {way} | MB/s {way} | {baseline} |\n|---|---:|---:|---:|---:|");
+        let raw = rows.iter().find(|(s, _)| *s == RAW).map(|(_, t)| t);
+        for (system, t) in rows {
             let _ = writeln!(
                 out,
                 "| {system} | {} | {} | {:.0} | {} |",

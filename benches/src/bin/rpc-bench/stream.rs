@@ -6,6 +6,12 @@
 //!   the socket or the NIC), echoed by the server's handler.
 //! - tonic: `Echo/EchoStream`, one `EchoRequest { payload: chunk }` message per chunk.
 //! - raw TCP: a plain write loop against a read/write copy loop ([`raw_copy_stream`]).
+//!
+//! One way (`*_one_way`): `count` chunks to a server that only counts them and answers with the
+//! total once the stream ended; figures are bytes per second from the first chunk to the answer.
+//! rdma-rpc: `Echo/Sink` with DATA frames; tonic: `Echo/Sink` with one message per chunk; raw:
+//! a write loop into a read loop ([`raw_sink_stream`]). This is the figure to set next to
+//! perftest's `ib_write_bw`, which is one-way too.
 
 use std::time::{Duration, Instant};
 
@@ -13,7 +19,7 @@ use bytes::Bytes;
 use rdma_rpc::pb::echo::{EchoClient, EchoRequest};
 use rdma_rpc::transport::Transport;
 use rdma_rpc_benches::tonic_echo::TonicEchoClient;
-use rdma_rpc_benches::{RawCopyServer, raw_copy_stream};
+use rdma_rpc_benches::{RawCopyServer, RawSinkServer, raw_copy_stream, raw_sink_stream};
 
 /// One stream measurement.
 #[derive(Debug, Clone, Copy)]
@@ -79,6 +85,50 @@ pub async fn raw(server: &RawCopyServer, chunk: Bytes, count: usize) -> Result<T
     let started = Instant::now();
     raw_copy_stream(server, chunk, count).await.map_err(|err| format!("raw copy: {err}"))?;
     Ok(Throughput { bytes: (chunk_len * count) as u64, chunk: chunk_len, elapsed: started.elapsed() })
+}
+
+/// `count` chunks one way through rdma-rpc's `Sink`.
+pub async fn rpc_one_way<T: Transport>(echo: &EchoClient<T>, chunk: Bytes, count: usize) -> Result<Throughput, String> {
+    let fail = |status: rdma_rpc::Status| format!("rdma-rpc sink: {status}");
+    let chunk_len = chunk.len();
+    let started = Instant::now();
+    let (mut sender, reply) = echo.sink().await.map_err(fail)?;
+    for _ in 0..count {
+        sender.send_data(chunk.clone()).await.map_err(fail)?;
+    }
+    sender.finish().await.map_err(fail)?;
+    let reply = reply.response().await.map_err(fail)?;
+    check(counted(&reply.payload)?, chunk_len, count)?;
+    Ok(Throughput { bytes: (chunk_len * count) as u64, chunk: chunk_len, elapsed: started.elapsed() })
+}
+
+/// `count` chunks one way through tonic's client-streaming `Sink`.
+pub async fn tonic_one_way(
+    client: &TonicEchoClient<tonic::transport::Channel>,
+    chunk: Bytes,
+    count: usize,
+) -> Result<Throughput, String> {
+    let fail = |status: tonic::Status| format!("tonic sink: {status}");
+    let chunk_len = chunk.len();
+    let started = Instant::now();
+    let requests = futures_util::stream::iter(std::iter::repeat_n(EchoRequest { payload: chunk }, count));
+    let reply = client.clone().sink(requests).await.map_err(fail)?.into_inner();
+    check(counted(&reply.payload)?, chunk_len, count)?;
+    Ok(Throughput { bytes: (chunk_len * count) as u64, chunk: chunk_len, elapsed: started.elapsed() })
+}
+
+/// `count` chunks one way into a raw TCP read loop.
+pub async fn raw_one_way(server: &RawSinkServer, chunk: Bytes, count: usize) -> Result<Throughput, String> {
+    let chunk_len = chunk.len();
+    let started = Instant::now();
+    raw_sink_stream(server, chunk, count).await.map_err(|err| format!("raw sink: {err}"))?;
+    Ok(Throughput { bytes: (chunk_len * count) as u64, chunk: chunk_len, elapsed: started.elapsed() })
+}
+
+/// The byte count a sink answered with.
+fn counted(payload: &[u8]) -> Result<u64, String> {
+    let bytes: [u8; 8] = payload.try_into().map_err(|_| format!("a sink answered {} bytes, not 8", payload.len()))?;
+    Ok(u64::from_be_bytes(bytes))
 }
 
 fn check(received: u64, chunk: usize, count: usize) -> Result<(), String> {
