@@ -7,6 +7,10 @@
 //! do count as [`Side::Other`]. Frees are not counted: an allocation is the cost, and in steady
 //! state every one is freed again.
 //!
+//! [`set_tracing`] makes it print the backtrace of every counted allocation to stderr, to find
+//! where a count comes from (`rpc-bench` does it with `RPC_BENCH_TRACE_ALLOCS`). Capturing and
+//! printing allocate; those allocations are neither counted nor traced.
+//!
 //! Install it in a binary with
 //! `#[global_allocator] static ALLOC: CountingAlloc = CountingAlloc;`. Without that, the counters
 //! stay at zero.
@@ -17,7 +21,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Which side of a benchmark a thread works for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,15 +39,25 @@ const SIDES: usize = 3;
 
 static ALLOCATIONS: [AtomicU64; SIDES] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
 static BYTES: [AtomicU64; SIDES] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+static TRACING: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
     // `const` initialisation: reading it never allocates, so the allocator may use it.
     static SIDE: Cell<Side> = const { Cell::new(Side::Other) };
+    /// Set while this thread captures a backtrace for [`set_tracing`]: its allocations are the
+    /// tracer's own.
+    static IN_TRACE: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Counts this thread's allocations for `side` from now on.
 pub fn set_side(side: Side) {
     SIDE.with(|cell| cell.set(side));
+}
+
+/// Prints the backtrace of every counted allocation (any thread) to stderr while `on`, each as
+/// `alloc side=Client size=N`, the backtrace, then an empty line. Slow: for a few calls only.
+pub fn set_tracing(on: bool) {
+    TRACING.store(on, Ordering::SeqCst);
 }
 
 /// Allocations and bytes counted so far, per side.
@@ -92,16 +106,33 @@ impl Counts {
 pub struct CountingAlloc;
 
 fn count(size: usize) {
-    // `try_with`: during thread teardown the thread-local may be gone; count as `Other` then.
-    let side = SIDE.try_with(Cell::get).unwrap_or(Side::Other) as usize;
-    ALLOCATIONS[side].fetch_add(1, Ordering::Relaxed);
-    BYTES[side].fetch_add(size as u64, Ordering::Relaxed);
+    // `try_with`: during thread teardown the thread-locals may be gone; count as `Other` then.
+    if IN_TRACE.try_with(Cell::get).unwrap_or(false) {
+        return;
+    }
+    let side = SIDE.try_with(Cell::get).unwrap_or(Side::Other);
+    ALLOCATIONS[side as usize].fetch_add(1, Ordering::Relaxed);
+    BYTES[side as usize].fetch_add(size as u64, Ordering::Relaxed);
+    if TRACING.load(Ordering::Relaxed) {
+        trace(side, size);
+    }
+}
+
+/// Prints where this allocation comes from; the allocations this makes are not counted.
+fn trace(side: Side, size: usize) {
+    if IN_TRACE.try_with(|flag| flag.replace(true)).unwrap_or(true) {
+        return; // no thread-local left (teardown): nothing to trace with
+    }
+    let backtrace = std::backtrace::Backtrace::force_capture();
+    eprintln!("alloc side={side:?} size={size}\n{backtrace}\n");
+    IN_TRACE.with(|flag| flag.set(false));
 }
 
 // SAFETY: every method forwards to `System` with exactly the arguments it was given, so `System`'s
 // guarantees (a block of at least `layout.size()` bytes aligned to `layout.align()`, or null) are
-// this allocator's; counting touches only atomics and a const-initialised thread-local, neither of
-// which allocates.
+// this allocator's; counting touches only atomics and const-initialised thread-locals, neither of
+// which allocates, and tracing (off unless asked) allocates only with a thread-local flag set
+// that makes those nested calls skip counting and tracing, so it never recurses.
 unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         count(layout.size());

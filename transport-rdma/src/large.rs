@@ -142,7 +142,7 @@ impl LargeRecv {
     pub(crate) fn relend_freed(&mut self) -> bool {
         let mut any = false;
         for (class, region) in self.regions.iter().enumerate() {
-            for slot in region.take_all() {
+            while let Some(slot) = region.try_take() {
                 let index = slot.index();
                 if let Some(entry) = self.lent[class].get_mut(index as usize) {
                     *entry = Some(slot);

@@ -159,35 +159,32 @@ fn deliver(inner: &Inner, slot: crate::verbs::Slot) -> Bytes {
 /// Re-posts returned receive buffers, lends dropped large buffers to the peer again, then returns
 /// credit if the peer needs it.
 fn repost(inner: &Inner) -> Result<bool, RdmaError> {
-    let free = inner.recv_region.take_all();
-    let mut reposted = !free.is_empty();
     let mut qp = lock(&inner.qp);
+    let count = qp.post_recv(std::iter::from_fn(|| inner.recv_region.try_take()))?;
+    let mut reposted = count > 0;
     if reposted {
-        let count = free.len() as u32;
-        qp.post_recv(free)?;
-        lock(&inner.credits).owed += count;
+        lock(&inner.credits).owed += count as u32;
     }
     let room = |qp: &crate::verbs::RcQueuePair| {
         (qp.sends_in_flight() as u32) < inner.config.send_buffers + inner.config.large_buffers() + 4
     };
     {
+        let has_room = room(&qp);
         let mut large = lock(&inner.large_recv);
         large.relend_freed();
         let mut credits = lock(&inner.credits);
         // Each announcement uses a credit; the last one stays for credit-only messages.
-        let mut returns = Vec::new();
-        while credits.available >= 2 && room(&qp) {
-            let Some((class, index)) = large.next_unannounced() else { break };
+        let returns = std::iter::from_fn(|| {
+            if credits.available < 2 || !has_room {
+                return None;
+            }
+            let (class, index) = large.next_unannounced()?;
             credits.available -= 1;
             credits.posted += 1;
             let imm = Imm::Returned { class, index }.encode();
-            returns.push(SendRequest { slot: None, imm, signaled: true, remote: None });
-        }
-        if !returns.is_empty() {
-            drop(credits);
-            qp.post_send(returns)?;
-            reposted = true;
-        }
+            Some(SendRequest { slot: None, imm, signaled: true, remote: None })
+        });
+        reposted |= qp.post_send(returns)? > 0;
     }
     // Credit the peer can use now: what is posted minus what it has not been told about. When
     // that is down to the one kept for control, or half the window is owed, say so now in a
@@ -200,7 +197,7 @@ fn repost(inner: &Inner) -> Result<bool, RdmaError> {
         let imm = Imm::Credit(std::mem::take(&mut credits.owed)).encode();
         credits.available -= 1;
         credits.posted += 1;
-        qp.post_send(vec![SendRequest { slot: None, imm, signaled: true, remote: None }])?;
+        qp.post_send([SendRequest { slot: None, imm, signaled: true, remote: None }])?;
         return Ok(true);
     }
     Ok(reposted)

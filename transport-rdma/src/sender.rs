@@ -89,11 +89,14 @@ pub struct RdmaSender {
     inner: Arc<Inner>,
     tcp: TcpSender,
     queue: VecDeque<Queued>,
+    /// The work requests of one batch, between `reserve` and posting; kept so a flush allocates
+    /// nothing once it has grown to the largest batch.
+    batch: Vec<SendRequest>,
 }
 
 impl RdmaSender {
     pub(crate) fn new(inner: Arc<Inner>, tcp: TcpSender) -> Self {
-        RdmaSender { inner, tcp, queue: VecDeque::new() }
+        RdmaSender { inner, tcp, queue: VecDeque::new(), batch: Vec::new() }
     }
 
     /// Queues a message; no IO until `flush`.
@@ -136,8 +139,8 @@ impl RdmaSender {
                     self.queue.push_front(Queued::Ready(join(joined, &head, &payload)));
                 }
             }
-            let requests = self.reserve().await?;
-            if let Err(err) = lock(&self.inner.qp).post_send(requests) {
+            self.reserve().await?;
+            if let Err(err) = lock(&self.inner.qp).post_send(self.batch.drain(..)) {
                 self.inner.close(err.to_string());
                 return Err(err);
             }
@@ -153,10 +156,11 @@ impl RdmaSender {
         Ok(SlotWriter::new(region.take(0).await))
     }
 
-    /// Waits for credit (and large buffers), then takes the longest run of ready messages at the
-    /// front of the queue they allow, as work requests.
-    async fn reserve(&mut self) -> Result<Vec<SendRequest>, RdmaError> {
+    /// Waits for credit (and large buffers), then moves the longest run of ready messages at the
+    /// front of the queue they allow into `self.batch`, as work requests (never an empty batch).
+    async fn reserve(&mut self) -> Result<(), RdmaError> {
         let slot_size = self.inner.send_region.slot_size();
+        self.batch.clear();
         loop {
             let notified = self.inner.credit_changed.notified();
             tokio::pin!(notified);
@@ -168,8 +172,8 @@ impl RdmaSender {
                 let mut credits = lock(&self.inner.credits);
                 // One credit stays for credit-only messages.
                 let limit = (credits.available as usize).saturating_sub(1);
-                let mut batch = Vec::new();
-                while batch.len() < limit {
+                let first = credits.posted;
+                while self.batch.len() < limit {
                     let Some(Queued::Ready(buf)) = self.queue.front() else { break };
                     let remote = if buf.len() > slot_size {
                         let Some(target) = credits.remote.take(buf.len()) else { break };
@@ -178,32 +182,26 @@ impl RdmaSender {
                         None
                     };
                     if let Some(Queued::Ready(buf)) = self.queue.pop_front() {
-                        batch.push((buf, remote));
+                        let seq = first + self.batch.len() as u64;
+                        self.batch.push(SendRequest {
+                            // A WRITE's immediate names its buffer; a SEND's is filled in below.
+                            imm: remote.map_or(0, |(_, imm)| imm),
+                            signaled: seq % SIGNAL_EVERY == SIGNAL_EVERY - 1 || remote.is_some(),
+                            remote: remote.map(|(target, _)| target),
+                            slot: Some(buf.slot),
+                        });
                     }
                 }
-                if !batch.is_empty() {
-                    let count = batch.len();
+                if let Some(last) = self.batch.last_mut() {
+                    last.signaled = true;
+                    let count = self.batch.len();
                     credits.available -= count as u32;
-                    let first = credits.posted;
                     credits.posted += count as u64;
-                    // The first SEND of the batch announces the receives re-posted (a WRITE's
-                    // immediate names its buffer instead).
-                    let announcer = batch.iter().position(|(_, remote)| remote.is_none());
-                    let owed = if announcer.is_some() { std::mem::take(&mut credits.owed) } else { 0 };
-                    let requests = batch
-                        .into_iter()
-                        .enumerate()
-                        .map(|(i, (buf, remote))| {
-                            let seq = first + i as u64;
-                            SendRequest {
-                                signaled: i + 1 == count || seq % SIGNAL_EVERY == SIGNAL_EVERY - 1 || remote.is_some(),
-                                imm: remote.map_or(if Some(i) == announcer { owed } else { 0 }, |(_, imm)| imm),
-                                remote: remote.map(|(target, _)| target),
-                                slot: Some(buf.slot),
-                            }
-                        })
-                        .collect();
-                    return Ok(requests);
+                    // The first SEND of the batch announces the receives re-posted.
+                    if let Some(announcer) = self.batch.iter_mut().find(|request| request.remote.is_none()) {
+                        announcer.imm = std::mem::take(&mut credits.owed);
+                    }
+                    return Ok(());
                 }
             }
             notified.await;

@@ -3,7 +3,8 @@
 //! The basic CQ (`ibv_poll_cq`) is used on purpose: the extended CQ of rdma-core 44's rxe provider
 //! advances its consumer index twice per batch (rdma-core PR #1512), which returns garbage
 //! completions on Debian 12's soft-RoCE. Notification (arm, event, ack) is not wrapped by sideway
-//! 0.4.3, so those three calls go through rdma-mummy-sys here.
+//! 0.4.3, so those three calls go through rdma-mummy-sys here, and so does polling: sideway's
+//! `start_poll` allocates a completion array per call, and the poller calls it in a spin loop.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::ptr::null_mut;
@@ -11,13 +12,16 @@ use std::sync::Arc;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
+use rdma_mummy_sys::{ibv_poll_cq, ibv_wc};
 use sideway::ibverbs::completion::{
-    BasicCompletionQueue, CompletionChannel, CompletionQueue as _, GenericCompletionQueue, PollCompletionQueueError,
-    WorkCompletionStatus,
+    BasicCompletionQueue, CompletionChannel, CompletionQueue as _, GenericCompletionQueue, WorkCompletionStatus,
 };
 
 use super::device::OpenDevice;
 use crate::RdmaError;
+
+/// Completions taken per `ibv_poll_cq` call.
+const POLL_BATCH: usize = 32;
 
 /// One work completion, copied out of the CQ.
 #[derive(Debug, Clone, Copy)]
@@ -91,24 +95,32 @@ impl CompletionQueue {
         self.take_events();
     }
 
-    /// Appends every available completion to `out`; returns how many.
+    /// Appends every available completion to `out`; returns how many. Polls into an array on
+    /// the stack (sideway's poller allocates one per call, even on an empty CQ), so polling
+    /// allocates nothing once `out` has grown to a batch.
     pub(crate) fn poll(&self, out: &mut Vec<Completion>) -> Result<usize, RdmaError> {
         let before = out.len();
-        match self.cq.start_poll() {
-            Ok(mut poller) => {
-                for wc in poller.by_ref() {
-                    out.push(Completion {
-                        wr_id: wc.wr_id(),
-                        status: WorkCompletionStatus::from(wc.status()),
-                        byte_len: wc.byte_len(),
-                        imm: u32::from_be(wc.imm_data()),
-                    });
-                }
+        loop {
+            // SAFETY: `ibv_wc` is a C struct of integers (and a union of two u32), for which
+            // all-zero bytes are a valid value.
+            let mut wcs: [ibv_wc; POLL_BATCH] = unsafe { std::mem::zeroed() };
+            // SAFETY: the CQ pointer is valid while `self.cq` (an Arc) lives; `wcs` has room for
+            // the `POLL_BATCH` entries the provider may write.
+            let rc = unsafe { ibv_poll_cq(self.cq.cq().as_ptr(), POLL_BATCH as i32, wcs.as_mut_ptr()) };
+            let polled = usize::try_from(rc)
+                .map_err(|_| RdmaError::verbs("ibv_poll_cq", std::io::Error::from_raw_os_error(rc.abs())))?;
+            out.extend(wcs.iter().take(polled).map(|wc| Completion {
+                wr_id: wc.wr_id,
+                status: WorkCompletionStatus::from(wc.status),
+                byte_len: wc.byte_len,
+                // SAFETY: both members of the union are u32, so reading either is defined (the
+                // value means something only for completions with an immediate).
+                imm: u32::from_be(unsafe { wc.imm_data_invalidated_rkey_union.imm_data }),
+            }));
+            if polled < POLL_BATCH {
+                return Ok(out.len() - before);
             }
-            Err(PollCompletionQueueError::CompletionQueueEmpty) => {}
-            Err(err) => return Err(RdmaError::verbs("ibv_poll_cq", std::io::Error::other(err))),
         }
-        Ok(out.len() - before)
     }
 
     /// Asks for an event on the next completion.

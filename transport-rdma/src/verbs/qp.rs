@@ -2,15 +2,20 @@
 //! a `Slot` posted for receive or send moves into this wrapper's tables and comes back out only when
 //! its completion is reaped, so a dropped future can never free memory the NIC still uses.
 //! Sends are SEND-with-immediate, or RDMA WRITE-with-immediate into a large buffer the peer lent us.
+//! Posting calls `ibv_post_send` / `ibv_post_recv` of rdma-mummy-sys with work requests built on
+//! the stack: sideway's post guards allocate two vectors per doorbell.
 
 use std::collections::VecDeque;
+use std::ptr::null_mut;
 
+use rdma_mummy_sys::{
+    ibv_post_recv, ibv_post_send, ibv_recv_wr, ibv_send_flags, ibv_send_wr, ibv_sge, ibv_wr_opcode, rdma_t,
+};
 use sideway::ibverbs::AccessFlags;
 use sideway::ibverbs::address::{AddressHandleAttribute, Gid};
 use sideway::ibverbs::device_context::Mtu;
 use sideway::ibverbs::queue_pair::{
-    BasicQueuePair, PostSendGuard as _, QueuePair as _, QueuePairAttribute, QueuePairAttributeMask, QueuePairState,
-    SetScatterGatherEntry as _, WorkRequestFlags,
+    BasicQueuePair, QueuePair as _, QueuePairAttribute, QueuePairAttributeMask, QueuePairState,
 };
 
 use super::cq::{Completion, CompletionQueue};
@@ -21,6 +26,10 @@ use crate::route::{Link, address_vector};
 
 /// Work request ids with this bit are receives; the low bits are the slot index.
 const RECV_FLAG: u64 = 1 << 63;
+
+/// Work requests per doorbell. Posting builds them in arrays on the stack (about 4.5 KiB for
+/// sends), so it allocates nothing; a longer batch rings once per chunk, in order.
+const POST_CHUNK: usize = 32;
 
 /// What the peer needs to connect its queue pair to ours.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +92,44 @@ fn mtu_from_bytes(bytes: u32) -> Mtu {
         513..=1024 => Mtu::Mtu1024,
         1025..=2048 => Mtu::Mtu2048,
         _ => Mtu::Mtu4096,
+    }
+}
+
+/// A send work request with every field zero (no opcode, no flags, no SGE, no next).
+fn zeroed_send_wr() -> ibv_send_wr {
+    // SAFETY: `ibv_send_wr` is a C struct of integers, raw pointers and unions of those, for all
+    // of which all-zero bytes are a valid value (null pointers, zero counts).
+    unsafe { std::mem::zeroed() }
+}
+
+/// A work request the post verbs take as a linked list, with its scatter/gather list.
+trait Chained: Sized {
+    fn chain(&mut self, next: *mut Self, sge: *mut ibv_sge);
+}
+
+impl Chained for ibv_send_wr {
+    fn chain(&mut self, next: *mut Self, sge: *mut ibv_sge) {
+        self.next = next;
+        self.sg_list = sge;
+    }
+}
+
+impl Chained for ibv_recv_wr {
+    fn chain(&mut self, next: *mut Self, sge: *mut ibv_sge) {
+        self.next = next;
+        self.sg_list = sge;
+    }
+}
+
+/// Chains `wrs` into the list the post verbs take (each `next` the following request, the last
+/// null) and points request `i` at `sges[i]` (used only when its `num_sge` is 1). The pointers
+/// stay valid while neither array moves: link right before posting.
+fn link<W: Chained>(wrs: &mut [W], sges: &mut [ibv_sge]) {
+    let count = wrs.len();
+    let base = wrs.as_mut_ptr();
+    for (i, (wr, sge)) in wrs.iter_mut().zip(sges.iter_mut()).enumerate() {
+        // `wrapping_add` stays within the slice (i + 1 < count) and creates no reference.
+        wr.chain(if i + 1 < count { base.wrapping_add(i + 1) } else { null_mut() }, sge);
     }
 }
 
@@ -188,69 +235,117 @@ impl RcQueuePair {
         self.qp.modify(&rts).map_err(|e| RdmaError::verbs(format!("modify QP {qpn} to RTS"), std::io::Error::other(e)))
     }
 
-    /// Posts receive slots (one doorbell).
-    pub(crate) fn post_recv(&mut self, slots: Vec<Slot>) -> Result<(), RdmaError> {
-        if slots.is_empty() {
-            return Ok(());
-        }
-        let mut guard = self.qp.start_post_recv();
-        for slot in &slots {
-            let handle = guard.construct_wr(RECV_FLAG | u64::from(slot.index()));
-            let len = u32::try_from(slot.capacity()).unwrap_or(u32::MAX);
-            // SAFETY: the slot's memory is registered under `lkey`, and the Slot moves into
-            // `recv_posted` below before the doorbell rings, staying there until its completion is
-            // reaped (or the QP is destroyed), so nothing else touches it while the NIC may.
-            unsafe { handle.setup_sge(slot.lkey(), slot.addr(), len) };
-        }
-        for slot in slots {
-            let index = slot.index() as usize;
-            if let Some(entry) = self.recv_posted.get_mut(index) {
+    /// Posts receive slots, one doorbell per `POST_CHUNK`; returns how many were posted. The work
+    /// requests are built on the stack: posting allocates nothing.
+    pub(crate) fn post_recv(&mut self, slots: impl IntoIterator<Item = Slot>) -> Result<usize, RdmaError> {
+        let mut slots = slots.into_iter().peekable();
+        let mut posted = 0;
+        while slots.peek().is_some() {
+            let mut sges = [ibv_sge { addr: 0, length: 0, lkey: 0 }; POST_CHUNK];
+            let mut wrs =
+                [const { ibv_recv_wr { wr_id: 0, next: null_mut(), sg_list: null_mut(), num_sge: 0 } }; POST_CHUNK];
+            let mut count = 0;
+            for slot in slots.by_ref().take(POST_CHUNK) {
+                // The table has an entry per slot of the receive region; a slot without one is
+                // not posted (it goes back to its pool here, untouched by the NIC).
+                let Some(entry) = self.recv_posted.get_mut(slot.index() as usize) else { continue };
+                sges[count] = ibv_sge {
+                    addr: slot.addr(),
+                    length: u32::try_from(slot.capacity()).unwrap_or(u32::MAX),
+                    lkey: slot.lkey(),
+                };
+                wrs[count].wr_id = RECV_FLAG | u64::from(slot.index());
+                wrs[count].num_sge = 1;
+                // The Slot moves into `recv_posted` before the doorbell rings and stays there
+                // until its completion is reaped (or the QP is destroyed).
                 if entry.replace(slot).is_none() {
                     self.recv_posted_count += 1;
                 }
+                count += 1;
             }
+            if count == 0 {
+                continue;
+            }
+            link(&mut wrs[..count], &mut sges);
+            let mut bad = null_mut();
+            // SAFETY: the QP pointer is valid while `self.qp` lives. `wrs[..count]` is a list
+            // linked within this stack frame (the last `next` is null), each with one SGE in
+            // `sges`, which outlives the call; the provider copies the requests before it returns.
+            // Each SGE names a slot registered under `lkey` that now sits in `recv_posted`, so
+            // nothing else touches it while the NIC may.
+            let rc = unsafe { ibv_post_recv(self.qp.qp().as_ptr(), wrs.as_mut_ptr(), &mut bad) };
+            // On failure some requests may be posted already: their slots stay in the table; the
+            // caller closes the connection and the flush (or the QP's destruction) gives them back.
+            if rc != 0 {
+                return Err(RdmaError::verbs("ibv_post_recv", std::io::Error::from_raw_os_error(rc.abs())));
+            }
+            posted += count;
         }
-        // On failure some requests may be posted already: their slots stay in the table; the
-        // caller closes the connection and the flush (or the QP's destruction) gives them back.
-        guard.post().map_err(|e| RdmaError::verbs("ibv_post_recv", std::io::Error::other(e)))
+        Ok(posted)
     }
 
-    /// Posts sends (SEND with immediate) in one doorbell; their slots are held until completion.
-    pub(crate) fn post_send(&mut self, requests: Vec<SendRequest>) -> Result<(), RdmaError> {
-        if requests.is_empty() {
-            return Ok(());
-        }
-        let first = self.next_wr;
-        let qp_num = self.qp.qp_number();
-        let mut guard = self.qp.start_post_send();
-        for (i, request) in requests.iter().enumerate() {
-            let mut flags = if request.signaled { WorkRequestFlags::Signaled } else { WorkRequestFlags::none() };
-            let len = request.slot.as_ref().map_or(0, Slot::len);
-            if len > 0 && len <= self.max_inline as usize {
-                // The device copies the bytes at post time (where it supports inline at all).
-                flags |= WorkRequestFlags::Inline;
+    /// Posts sends (SEND or WRITE, with immediate), one doorbell per `POST_CHUNK`; their slots are
+    /// held until completion. Returns how many were posted. The work requests are built on the
+    /// stack: posting allocates nothing.
+    pub(crate) fn post_send(&mut self, requests: impl IntoIterator<Item = SendRequest>) -> Result<usize, RdmaError> {
+        let mut requests = requests.into_iter().peekable();
+        let mut posted = 0;
+        while requests.peek().is_some() {
+            let mut sges = [ibv_sge { addr: 0, length: 0, lkey: 0 }; POST_CHUNK];
+            let mut wrs: [ibv_send_wr; POST_CHUNK] = std::array::from_fn(|_| zeroed_send_wr());
+            let mut count = 0;
+            for request in requests.by_ref().take(POST_CHUNK) {
+                let wr = &mut wrs[count];
+                wr.wr_id = self.next_wr;
+                wr.imm_data_invalidated_rkey_union.imm_data = request.imm.to_be();
+                match request.remote {
+                    Some(target) => {
+                        wr.opcode = ibv_wr_opcode::IBV_WR_RDMA_WRITE_WITH_IMM;
+                        wr.wr.rdma = rdma_t { remote_addr: target.addr, rkey: target.rkey };
+                    }
+                    None => wr.opcode = ibv_wr_opcode::IBV_WR_SEND_WITH_IMM,
+                }
+                let mut flags = if request.signaled { ibv_send_flags::IBV_SEND_SIGNALED.0 } else { 0 };
+                if let Some(slot) = &request.slot {
+                    if slot.len() > 0 && slot.len() <= self.max_inline as usize {
+                        // The device copies the bytes at post time (where it supports inline).
+                        flags |= ibv_send_flags::IBV_SEND_INLINE.0;
+                    }
+                    sges[count] = ibv_sge {
+                        addr: slot.addr(),
+                        length: u32::try_from(slot.len()).unwrap_or(u32::MAX),
+                        lkey: slot.lkey(),
+                    };
+                    wr.num_sge = 1;
+                }
+                wr.send_flags = flags;
+                // The slot moves into `send_inflight` before the doorbell rings; it stays there
+                // until a completion at or after it is reaped (or the QP is destroyed).
+                self.send_inflight.push_back((self.next_wr, request.slot));
+                self.next_wr += 1;
+                count += 1;
             }
-            let handle = guard.construct_wr(first + i as u64, flags);
-            let handle = match request.remote {
-                Some(target) => handle.setup_write_imm(target.rkey, target.addr, request.imm.to_be()),
-                None => handle.setup_send_imm(request.imm.to_be()),
-            };
-            if let Some(slot) = &request.slot {
-                let len = u32::try_from(slot.len()).unwrap_or(u32::MAX);
-                // SAFETY: the slot is registered under `lkey`, filled to `len`, and moves into
-                // `send_inflight` below before the doorbell rings; it stays there until a completion
-                // at or after it is reaped (or the QP is destroyed).
-                unsafe { handle.setup_sge(slot.lkey(), slot.addr(), len) };
+            link(&mut wrs[..count], &mut sges);
+            let mut bad = null_mut();
+            // SAFETY: the QP pointer is valid while `self.qp` lives. `wrs[..count]` is a list
+            // linked within this stack frame (the last `next` is null), each with at most one SGE
+            // in `sges`, which outlives the call; the provider copies the requests (and inline
+            // data) before it returns. Each SGE names a slot registered under `lkey`, filled to
+            // `length`, that now sits in `send_inflight`; a WRITE's target is a buffer the peer
+            // lent under its rkey.
+            let rc = unsafe { ibv_post_send(self.qp.qp().as_ptr(), wrs.as_mut_ptr(), &mut bad) };
+            // On failure the slots stay in flight (some requests may have been posted); the caller
+            // closes the connection, and the flush or the QP's destruction gives them back.
+            if rc != 0 {
+                let qp_num = self.qp_num();
+                return Err(RdmaError::verbs(
+                    format!("ibv_post_send on QP {qp_num}"),
+                    std::io::Error::from_raw_os_error(rc.abs()),
+                ));
             }
+            posted += count;
         }
-        let count = requests.len() as u64;
-        for (i, request) in requests.into_iter().enumerate() {
-            self.send_inflight.push_back((first + i as u64, request.slot));
-        }
-        self.next_wr = first + count;
-        // On failure the slots stay in flight (some requests may have been posted); the caller
-        // closes the connection, and the flush or the QP's destruction gives them back.
-        guard.post().map_err(|e| RdmaError::verbs(format!("ibv_post_send on QP {qp_num}"), std::io::Error::other(e)))
+        Ok(posted)
     }
 
     /// Receives posted and not yet completed.

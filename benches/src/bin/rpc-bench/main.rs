@@ -7,7 +7,8 @@
 //! - stream echo throughput (1 MiB chunks; 64 KiB over RDMA, whose messages fit one registered
 //!   buffer): rdma-rpc `Pipe`, tonic `EchoStream`, a raw TCP copy loop;
 //! - heap allocations per unary call in steady state, client and server side, from a counting
-//!   global allocator.
+//!   global allocator (`RPC_BENCH_TRACE_ALLOCS=N` prints the backtrace of each allocation of the
+//!   first N measured calls of every cell to stderr, to find where they come from).
 //!
 //! Server and client run in two tokio runtimes of one worker thread each (as two processes on two
 //! cores would), every system on loopback (or the RDMA address) with its own connection.

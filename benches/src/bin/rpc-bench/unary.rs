@@ -13,7 +13,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use rdma_rpc::pb::echo::{EchoClient, EchoRequest};
 use rdma_rpc::transport::Transport;
-use rdma_rpc_benches::alloc_count::{Counts, Side};
+use rdma_rpc_benches::alloc_count::{self, Counts, Side};
 use rdma_rpc_benches::tonic_echo::TonicEchoClient;
 use rdma_rpc_benches::{RawEchoClient, RawPipelinedClient};
 
@@ -145,10 +145,13 @@ pub async fn allocations_per_call<C: Caller>(
         for _ in 0..warm_up {
             caller.call(&request).await?;
         }
+        let traced = trace_allocs();
         let before = Counts::now();
-        for _ in 0..calls {
+        for i in 0..calls {
+            alloc_count::set_tracing(i < traced);
             caller.call(&request).await?;
         }
+        alloc_count::set_tracing(false);
         let delta = Counts::now().since(&before);
         let per = |side| delta.allocations(side) as f64 / calls.max(1) as f64;
         let bytes = |side| delta.bytes(side) as f64 / calls.max(1) as f64;
@@ -161,6 +164,13 @@ pub async fn allocations_per_call<C: Caller>(
         })
     });
     task.await.map_err(|err| format!("the allocation task failed: {err}"))?
+}
+
+/// How many measured calls of each allocation cell print their allocations' backtraces to stderr
+/// (`RPC_BENCH_TRACE_ALLOCS`, default 0): where a count comes from. The figures stay valid (the
+/// tracer's own allocations are not counted) but the run gets slow.
+fn trace_allocs() -> u64 {
+    std::env::var("RPC_BENCH_TRACE_ALLOCS").ok().and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 /// Allocations (and bytes allocated) per call, by side.
