@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::client::Client;
 use super::codec;
-use super::command::{BufCommand, CallCommand, CallEvent, CallShared};
+use super::command::{BufCommand, CallCommand, CallEvent, CallRef};
 use crate::status::Status;
 use crate::transport::ReplyAlloc;
 use crate::transport::{SendBuffer, Transport};
@@ -48,7 +48,7 @@ impl Drop for CancelGuard {
 pub struct CallReceiver<M> {
     id: u64,
     ctl: mpsc::UnboundedSender<CallCommand>,
-    shared: Arc<CallShared>,
+    shared: CallRef,
     guard: Option<CancelGuard>,
     done: bool,
     _message: PhantomData<fn() -> M>,
@@ -58,7 +58,7 @@ impl<M: Message + Default> CallReceiver<M> {
     pub(crate) fn new(
         id: u64,
         ctl: mpsc::UnboundedSender<CallCommand>,
-        shared: Arc<CallShared>,
+        shared: CallRef,
         guard: Option<CancelGuard>,
     ) -> Self {
         CallReceiver { id, ctl, shared, guard, done: false, _message: PhantomData }
@@ -164,14 +164,14 @@ impl Drop for HalfClose {
 pub struct CallSender<T: Transport, M> {
     client: Client<T>,
     id: u64,
-    shared: Arc<CallShared>,
+    shared: CallRef,
     last_ack: Option<oneshot::Receiver<()>>,
     half_close: HalfClose,
     _message: PhantomData<fn(M)>,
 }
 
 impl<T: Transport, M: Message> CallSender<T, M> {
-    pub(crate) fn new(client: Client<T>, id: u64, shared: Arc<CallShared>) -> Self {
+    pub(crate) fn new(client: Client<T>, id: u64, shared: CallRef) -> Self {
         let half_close = HalfClose { id, ctl: client.ctl().clone(), armed: true };
         CallSender { client, id, shared, last_ack: None, half_close, _message: PhantomData }
     }
@@ -313,7 +313,7 @@ impl<B: SendBuffer> DataBuffer<B> {
 pub struct ResponseSender<M> {
     id: u64,
     ctl: mpsc::UnboundedSender<CallCommand>,
-    shared: Arc<CallShared>,
+    shared: CallRef,
     replies: Arc<ReplyAlloc>,
     last_ack: Option<oneshot::Receiver<()>>,
     _message: PhantomData<fn(M)>,
@@ -323,7 +323,7 @@ impl<M: Message> ResponseSender<M> {
     pub(crate) fn new(
         id: u64,
         ctl: mpsc::UnboundedSender<CallCommand>,
-        shared: Arc<CallShared>,
+        shared: CallRef,
         replies: Arc<ReplyAlloc>,
     ) -> Self {
         ResponseSender { id, ctl, shared, replies, last_ack: None, _message: PhantomData }

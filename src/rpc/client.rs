@@ -13,6 +13,7 @@ use super::call::{CallReceiver, CallSender, CancelGuard};
 use super::codec;
 use super::command::{BufCommand, CallCommand, CallShared, MethodName};
 use super::driver::{DriverSetup, drive};
+use super::events::{CallPool, CallRef};
 use super::{ConnectError, ConnectionConfig};
 use crate::pb::rpc as pb;
 use crate::session::Role;
@@ -37,6 +38,8 @@ struct Shared<T: Transport> {
     transport: &'static str,
     peer_settings: pb::Settings,
     closed: Arc<CallShared>,
+    /// Call states for reuse.
+    calls: CallPool,
     shutdown: watch::Sender<bool>,
     driver: std::sync::Mutex<Option<tokio::task::JoinHandle<Status>>>,
     max_message: usize,
@@ -109,6 +112,7 @@ impl<T: Transport> Client<T> {
             transport: name,
             peer_settings,
             closed,
+            calls: CallPool::default(),
             shutdown: shutdown_tx,
             driver: std::sync::Mutex::new(Some(driver)),
         };
@@ -195,7 +199,7 @@ impl<T: Transport> Client<T> {
         method: &str,
         first: Option<&Req>,
         end: bool,
-    ) -> Result<(CallReceiver<Res>, Arc<CallShared>), Status> {
+    ) -> Result<(CallReceiver<Res>, CallRef), Status> {
         let header = codec::CallHeaderRef {
             method,
             timeout_micros: self.options.timeout.map_or(0, |t| t.as_micros().clamp(1, u64::MAX as u128) as u64),
@@ -203,7 +207,7 @@ impl<T: Transport> Client<T> {
         };
         let body = codec::encode_call(&self.shared.alloc, header, first).await?;
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let shared = Arc::new(CallShared::default());
+        let shared = self.shared.calls.take();
         let open = BufCommand::Open {
             id,
             method: if tracing::enabled!(tracing::Level::DEBUG) {

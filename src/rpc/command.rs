@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
 
-pub(crate) use super::events::{CallEvent, CallShared};
+pub(crate) use super::events::{CallEvent, CallRef, CallShared};
 use crate::session::Body;
 use crate::status::Status;
 use crate::transport::SendBuffer;
@@ -72,7 +72,7 @@ pub(crate) enum BufCommand<B> {
         body: B,
         has_message: bool,
         end: bool,
-        shared: Arc<CallShared>,
+        shared: CallRef,
     },
     /// Send an encoded MESSAGE, or DATA the application wrote into a transport buffer.
     Send { id: u64, kind: Kind, body: B, end: bool, ack: Option<oneshot::Sender<()>> },

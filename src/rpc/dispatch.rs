@@ -12,8 +12,8 @@ use futures_util::FutureExt as _;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument as _;
 
-use super::command::{BufCommand, CallCommand, CallEvent, CallShared, MethodName, Outgoing};
-use super::events::EventSender;
+use super::command::{BufCommand, CallCommand, CallEvent, MethodName, Outgoing};
+use super::events::{CallPool, EventSender};
 use super::now;
 use super::server::{HandlerFuture, RequestContext, Router, ServerCall};
 use crate::session::{Event, IdMap, Role, Session};
@@ -215,6 +215,8 @@ pub(super) struct Serving<'a> {
     pub(super) peer: &'a Arc<str>,
     /// Where unary replies are encoded (the transport's own memory, or a heap pool).
     pub(super) replies: Arc<ReplyAlloc>,
+    /// Call states for reuse.
+    pub(super) calls: CallPool,
 }
 
 pub(super) fn dispatch<B: crate::transport::SendBuffer>(
@@ -227,7 +229,7 @@ pub(super) fn dispatch<B: crate::transport::SendBuffer>(
     let Serving { router, ctl, peer, .. } = *serving;
     match event {
         Event::Incoming { id, header } => {
-            let shared = Arc::new(CallShared::default());
+            let shared = serving.calls.take();
             let ctx = RequestContext::new(header, peer.clone());
             let call = ServerCall::new(id, ctl.clone(), ctx, shared.clone(), serving.replies.clone());
             let routed = match router {

@@ -74,6 +74,7 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
         ctl: &ctl_tx,
         peer: &peer,
         replies: Arc::new(crate::transport::BufferAlloc::reply_alloc(&alloc)),
+        calls: super::events::CallPool::default(),
     };
     let mut outbox = Outbox::new(alloc, sender);
     let mut session: Session<Outgoing<T::Buf>> = match Session::new(role, config, now()) {

@@ -1,14 +1,18 @@
 //! A call's shared state: its final status and the queue of events the driver hands its handles,
-//! in one allocation per call.
+//! in one allocation, reused from call to call.
 //!
 //! A channel per call (a tokio mpsc is two allocations) plus an `Arc` for the status cost three
 //! allocations per call on each side; this is one. The queue keeps its first few events inline
 //! (a unary call has at most three: the message, the half-close, the end), so the common call
 //! allocates nothing more; a longer stream spills to a `VecDeque`. One producer (the driver, through
 //! [`EventSender`]) and one consumer (the call's receiving handle) at a time.
+//!
+//! Handles and the driver hold it through [`CallRef`]s; when the last one drops, the state is
+//! reset and goes back to its connection's [`CallPool`], so a connection in steady state opens
+//! calls without allocating.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
@@ -17,6 +21,9 @@ use crate::status::Status;
 
 /// Events kept without allocating.
 const INLINE: usize = 3;
+
+/// Call states a connection keeps for reuse.
+const POOLED_CALLS: usize = 256;
 
 /// What a call's handle receives.
 #[derive(Debug)]
@@ -38,6 +45,19 @@ pub(crate) struct CallShared {
     pub(crate) status: OnceLock<Status>,
     queue: Mutex<Queue>,
 }
+
+/// What a [`CallRef`] reads once its state went back to the pool (only during its own drop).
+static RELEASED: CallShared = CallShared {
+    status: OnceLock::new(),
+    queue: Mutex::new(Queue {
+        inline: [const { None }; INLINE],
+        head: 0,
+        len: 0,
+        overflow: VecDeque::new(),
+        waker: None,
+        closed: true,
+    }),
+};
 
 #[derive(Debug, Default)]
 struct Queue {
@@ -78,6 +98,18 @@ impl Queue {
 }
 
 impl CallShared {
+    /// Back to the state of a new call, keeping the overflow queue's capacity.
+    fn reset(&mut self) {
+        self.status = OnceLock::new();
+        let queue = self.queue.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        queue.inline = [const { None }; INLINE];
+        queue.head = 0;
+        queue.len = 0;
+        queue.overflow.clear();
+        queue.waker = None;
+        queue.closed = false;
+    }
+
     /// The final status, or `fallback` if the call has not ended (the connection went away).
     pub(crate) fn status_or(&self, fallback: impl FnOnce() -> Status) -> Status {
         self.status.get().cloned().unwrap_or_else(fallback)
@@ -109,12 +141,57 @@ impl CallShared {
     }
 }
 
+/// A connection's call states waiting for reuse; clones share them.
+#[derive(Debug, Clone)]
+pub(crate) struct CallPool(Arc<crossbeam::queue::ArrayQueue<Arc<CallShared>>>);
+
+impl Default for CallPool {
+    fn default() -> Self {
+        CallPool(Arc::new(crossbeam::queue::ArrayQueue::new(POOLED_CALLS)))
+    }
+}
+
+impl CallPool {
+    /// A fresh call state: a reused one when one is free.
+    pub(crate) fn take(&self) -> CallRef {
+        let shared = self.0.pop().unwrap_or_default();
+        CallRef { shared: Some(shared), pool: self.clone() }
+    }
+}
+
+/// A reference to a call's shared state; the last one to drop returns it to its pool.
+#[derive(Debug, Clone)]
+pub(crate) struct CallRef {
+    /// `None` only while dropping.
+    shared: Option<Arc<CallShared>>,
+    pool: CallPool,
+}
+
+impl std::ops::Deref for CallRef {
+    type Target = CallShared;
+    fn deref(&self) -> &CallShared {
+        self.shared.as_deref().unwrap_or(&RELEASED)
+    }
+}
+
+impl Drop for CallRef {
+    fn drop(&mut self) {
+        if let Some(mut shared) = self.shared.take()
+            && let Some(state) = Arc::get_mut(&mut shared)
+        {
+            state.reset();
+            // A full pool drops it instead.
+            let _ = self.pool.0.push(shared);
+        }
+    }
+}
+
 /// The driver's end of a call's events; dropping it tells the handle no more will come.
 #[derive(Debug)]
-pub(crate) struct EventSender(std::sync::Arc<CallShared>);
+pub(crate) struct EventSender(CallRef);
 
 impl EventSender {
-    pub(crate) fn new(shared: std::sync::Arc<CallShared>) -> Self {
+    pub(crate) fn new(shared: CallRef) -> Self {
         EventSender(shared)
     }
 
@@ -151,8 +228,6 @@ impl Drop for EventSender {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
 
     fn data(n: u8) -> CallEvent {
@@ -168,7 +243,7 @@ mod tests {
 
     #[tokio::test]
     async fn events_keep_their_order_across_the_ring_and_the_overflow() {
-        let shared = Arc::new(CallShared::default());
+        let shared = CallPool::default().take();
         let tx = EventSender::new(shared.clone());
         let mut expected = 0u8;
         let mut next = 0u8;
@@ -195,8 +270,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_last_reference_returns_a_reset_state_to_the_pool() {
+        let pool = CallPool::default();
+        let handle = pool.take();
+        let address = &*handle as *const CallShared;
+        let driver = EventSender::new(handle.clone());
+        driver.send(data(1));
+        let _ = handle.status.set(Status::ok());
+        drop(driver);
+        assert!(pool.0.is_empty(), "the handle still holds it");
+        drop(handle);
+        assert_eq!(pool.0.len(), 1);
+        let again = pool.take();
+        assert_eq!(&*again as *const CallShared, address, "the same allocation");
+        assert!(again.status.get().is_none(), "no status");
+        let tx = EventSender::new(again.clone());
+        tx.send(data(2));
+        assert_eq!(as_byte(again.next_event().await), Some(2), "no event left from the last call");
+    }
+
+    #[tokio::test]
     async fn a_waiting_handle_is_woken_by_an_event_and_by_the_end() {
-        let shared = Arc::new(CallShared::default());
+        let shared = CallPool::default().take();
         let tx = EventSender::new(shared.clone());
         let waiter = tokio::spawn({
             let shared = shared.clone();

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::call::{CallReceiver, ResponseSender};
-use super::command::{CallCommand, CallShared};
+use super::command::{CallCommand, CallRef, CallShared};
 use super::driver::{DriverSetup, drive};
 use super::{ConnectionConfig, now};
 use crate::pb::rpc as pb;
@@ -102,7 +102,7 @@ pub struct ServerCall {
     id: u64,
     ctl: mpsc::UnboundedSender<CallCommand>,
     ctx: RequestContext,
-    shared: Arc<CallShared>,
+    shared: CallRef,
     replies: Arc<ReplyAlloc>,
 }
 
@@ -111,7 +111,7 @@ impl ServerCall {
         id: u64,
         ctl: mpsc::UnboundedSender<CallCommand>,
         ctx: RequestContext,
-        shared: Arc<CallShared>,
+        shared: CallRef,
         replies: Arc<ReplyAlloc>,
     ) -> Self {
         ServerCall { id, ctl, ctx, shared, replies }
