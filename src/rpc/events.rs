@@ -2,7 +2,7 @@
 //! in one allocation, reused from call to call.
 //!
 //! A channel per call (a tokio mpsc is two allocations) plus an `Arc` for the status cost three
-//! allocations per call on each side; this is one. The queue keeps its first few events inline
+//! allocations per call on each side; this is one, and reused. The queue keeps its first few events inline
 //! (a unary call has at most three: the message, the half-close, the end), so the common call
 //! allocates nothing more; a longer stream spills to a `VecDeque`. One producer (the driver, through
 //! [`EventSender`]) and one consumer (the call's receiving handle) at a time.
