@@ -51,8 +51,8 @@ pub struct RequestContext {
     pub metadata: HashMap<String, String>,
 }
 
-/// A call's method path, "/package.Service/Method": a view of the received CALL frame (no copy),
-/// UTF-8 as checked when the frame was decoded.
+/// A call's method path, "/package.Service/Method": decoded as a view of the received CALL frame
+/// (no copy; UTF-8 checked then), and the router's own static copy once the call was routed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MethodPath(bytes::Bytes);
 
@@ -245,10 +245,16 @@ impl Router {
     /// path (so the driver can name the call without allocating). Gives the call back if no
     /// service serves the method.
     #[allow(clippy::result_large_err)] // see Service::call
-    pub(crate) fn route(&self, call: ServerCall) -> Result<(&'static str, HandlerFuture), ServerCall> {
+    pub(crate) fn route(&self, mut call: ServerCall) -> Result<(&'static str, HandlerFuture), ServerCall> {
         let found = self.methods.get_key_value(call.context().method.as_str());
         match found.and_then(|(&name, &i)| Some((name, self.services.get(i)?))) {
-            Some((name, service)) => service.call(name, call).map(|future| (name, future)),
+            Some((name, service)) => {
+                // The router's own copy from here on: a view of the received frame would keep its
+                // whole receive buffer (a registered slot, over RDMA) for as long as the handler
+                // holds its context.
+                call.ctx.method = MethodPath(bytes::Bytes::from_static(name.as_bytes()));
+                service.call(name, call).map(|future| (name, future))
+            }
             None => Err(call),
         }
     }
