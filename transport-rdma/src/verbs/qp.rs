@@ -122,15 +122,20 @@ impl Chained for ibv_recv_wr {
 }
 
 /// Chains `wrs` into the list the post verbs take (each `next` the following request, the last
-/// null) and points request `i` at `sges[i]` (used only when its `num_sge` is 1). The pointers
-/// stay valid while neither array moves: link right before posting.
-fn link<W: Chained>(wrs: &mut [W], sges: &mut [ibv_sge]) {
+/// null), points request `i` at `sges[i]` (used only when its `num_sge` is 1), and returns the
+/// head of the list. The pointers stay valid while neither array moves or is borrowed again: link
+/// right before posting, and post the returned head.
+fn link<W: Chained>(wrs: &mut [W], sges: &mut [ibv_sge]) -> *mut W {
     let count = wrs.len();
     let base = wrs.as_mut_ptr();
-    for (i, (wr, sge)) in wrs.iter_mut().zip(sges.iter_mut()).enumerate() {
-        // `wrapping_add` stays within the slice (i + 1 < count) and creates no reference.
-        wr.chain(if i + 1 < count { base.wrapping_add(i + 1) } else { null_mut() }, sge);
+    for i in 0..count {
+        let sge = sges.get_mut(i).map_or(null_mut(), |sge| sge as *mut ibv_sge);
+        let next = if i + 1 < count { base.wrapping_add(i + 1) } else { null_mut() };
+        // SAFETY: i < count, so `base + i` is an element of `wrs`, reached through the same raw
+        // pointer as the links, so no reference invalidates them.
+        unsafe { (*base.add(i)).chain(next, sge) };
     }
+    base
 }
 
 impl RcQueuePair {
@@ -266,14 +271,14 @@ impl RcQueuePair {
             if count == 0 {
                 continue;
             }
-            link(&mut wrs[..count], &mut sges);
+            let head = link(&mut wrs[..count], &mut sges);
             let mut bad = null_mut();
-            // SAFETY: the QP pointer is valid while `self.qp` lives. `wrs[..count]` is a list
-            // linked within this stack frame (the last `next` is null), each with one SGE in
-            // `sges`, which outlives the call; the provider copies the requests before it returns.
-            // Each SGE names a slot registered under `lkey` that now sits in `recv_posted`, so
-            // nothing else touches it while the NIC may.
-            let rc = unsafe { ibv_post_recv(self.qp.qp().as_ptr(), wrs.as_mut_ptr(), &mut bad) };
+            // SAFETY: the QP pointer is valid while `self.qp` lives. `head` starts the list of
+            // `wrs[..count]`, linked within this stack frame (the last `next` is null), each with
+            // one SGE in `sges`, which outlives the call; the provider copies the requests before
+            // it returns. Each SGE names a slot registered under `lkey` that now sits in
+            // `recv_posted`, so nothing else touches it while the NIC may.
+            let rc = unsafe { ibv_post_recv(self.qp.qp().as_ptr(), head, &mut bad) };
             // On failure some requests may be posted already: their slots stay in the table; the
             // caller closes the connection and the flush (or the QP's destruction) gives them back.
             if rc != 0 {
@@ -325,15 +330,15 @@ impl RcQueuePair {
                 self.next_wr += 1;
                 count += 1;
             }
-            link(&mut wrs[..count], &mut sges);
+            let head = link(&mut wrs[..count], &mut sges);
             let mut bad = null_mut();
-            // SAFETY: the QP pointer is valid while `self.qp` lives. `wrs[..count]` is a list
+            // SAFETY: the QP pointer is valid while `self.qp` lives. `head` starts `wrs[..count]`, a list
             // linked within this stack frame (the last `next` is null), each with at most one SGE
             // in `sges`, which outlives the call; the provider copies the requests (and inline
             // data) before it returns. Each SGE names a slot registered under `lkey`, filled to
             // `length`, that now sits in `send_inflight`; a WRITE's target is a buffer the peer
             // lent under its rkey.
-            let rc = unsafe { ibv_post_send(self.qp.qp().as_ptr(), wrs.as_mut_ptr(), &mut bad) };
+            let rc = unsafe { ibv_post_send(self.qp.qp().as_ptr(), head, &mut bad) };
             // On failure the slots stay in flight (some requests may have been posted); the caller
             // closes the connection, and the flush or the QP's destruction gives them back.
             if rc != 0 {
