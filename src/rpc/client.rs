@@ -219,7 +219,7 @@ impl<T: Transport> Client<T> {
             body,
             has_message: first.is_some(),
             end,
-            shared: shared.clone(),
+            events: super::events::EventSender::new(shared.clone()),
         };
         self.send_buf(open).map_err(|_| self.closed())?;
         let guard = CancelGuard { id, ctl: self.shared.ctl_tx.clone() };

@@ -72,7 +72,8 @@ pub(crate) enum BufCommand<B> {
         body: B,
         has_message: bool,
         end: bool,
-        shared: CallRef,
+        /// The call's events: dropped unprocessed (the connection ended first), it closes the call.
+        events: super::events::EventSender,
     },
     /// Send an encoded MESSAGE, or DATA the application wrote into a transport buffer.
     Send { id: u64, kind: Kind, body: B, end: bool, ack: Option<oneshot::Sender<()>> },

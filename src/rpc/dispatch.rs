@@ -39,12 +39,12 @@ pub(super) fn apply_buf<B: crate::transport::SendBuffer>(
     slots: &mut IdMap<Slot>,
 ) {
     match cmd {
-        BufCommand::Open { id, method, timeout, body, has_message, end, shared } => {
+        BufCommand::Open { id, method, timeout, body, has_message, end, events } => {
             let len = body.len() as u64;
             match session.open_call(now(), id, timeout, Outgoing::Buf(body), has_message, end) {
                 Ok(()) => {
                     let slot = Slot {
-                        events: EventSender::new(shared),
+                        events,
                         acks: VecDeque::new(),
                         handler: None,
                         method,
@@ -55,8 +55,8 @@ pub(super) fn apply_buf<B: crate::transport::SendBuffer>(
                     slots.insert(id, slot);
                 }
                 Err(status) => {
-                    let _ = shared.status.set(status.clone());
-                    EventSender::new(shared).send(CallEvent::Closed(status));
+                    let _ = events.shared().status.set(status.clone());
+                    events.send(CallEvent::Closed(status));
                 }
             }
         }
