@@ -65,7 +65,9 @@ where
             self.dirty = false;
         }
         if let Some(capacity) = self.stalled.as_ref().and_then(needs_buffer) {
-            let buf = self.alloc.alloc(capacity).await?;
+            // Any free buffer, the control reserve included: the frames that hold the others may be
+            // queued behind this one.
+            let buf = self.alloc.alloc_control(capacity).await?;
             if let Some(transmit) = self.stalled.take() {
                 self.encode(transmit, Some(buf))?;
             }

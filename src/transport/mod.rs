@@ -100,6 +100,11 @@ pub trait BufferAlloc: Clone + Send + Sync + 'static {
     /// free buffer (RDMA pools keep a few back for control frames).
     /// Cancel-safe (the driver polls it inside `select!`).
     fn alloc(&self, capacity: usize) -> impl Future<Output = Result<Self::Buf, TransportError>> + Send;
+    /// A buffer for a control frame or header once `try_alloc` found none: waits for any buffer,
+    /// including those kept back from application data. Cancel-safe.
+    fn alloc_control(&self, capacity: usize) -> impl Future<Output = Result<Self::Buf, TransportError>> + Send {
+        self.alloc(capacity)
+    }
     /// A buffer now, for control frames and headers, or `None` when every buffer is in use (then
     /// the driver flushes, which frees buffers, and waits with `alloc`).
     fn try_alloc(&self, capacity: usize) -> Option<Result<Self::Buf, TransportError>>;

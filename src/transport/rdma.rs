@@ -44,6 +44,10 @@ impl BufferAlloc for RdmaAlloc {
         RdmaAlloc::try_alloc(self, capacity).map(|r| r.map_err(TransportError::from))
     }
 
+    async fn alloc_control(&self, capacity: usize) -> Result<SlotWriter, TransportError> {
+        Ok(RdmaAlloc::alloc_control(self, capacity).await?)
+    }
+
     fn reply_alloc(&self) -> super::ReplyAlloc {
         super::ReplyAlloc::Registered(self.clone())
     }

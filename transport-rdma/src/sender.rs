@@ -55,6 +55,14 @@ impl RdmaAlloc {
         (region.free_count() > reserve).then(|| region.try_take()).flatten().map(|slot| Ok(SlotWriter::new(slot)))
     }
 
+    /// A registered buffer for a control frame or header, waiting until any buffer (the reserve
+    /// included) is free: what the driver uses once `try_alloc` found none. Waiting for more than
+    /// the reserve here could wait forever when data frames holding the rest are queued behind it.
+    pub async fn alloc_control(&self, capacity: usize) -> Result<SlotWriter, RdmaError> {
+        let (region, _) = self.region_for(capacity)?;
+        Ok(SlotWriter::new(region.take(0).await))
+    }
+
     /// A registered buffer now for application data (the reserve for control frames stays free),
     /// or `None` when none is: the caller falls back to heap memory instead of waiting.
     pub fn try_alloc_data(&self, capacity: usize) -> Option<SlotWriter> {

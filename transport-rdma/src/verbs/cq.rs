@@ -108,7 +108,7 @@ impl CompletionQueue {
             // the `POLL_BATCH` entries the provider may write.
             let rc = unsafe { ibv_poll_cq(self.cq.cq().as_ptr(), POLL_BATCH as i32, wcs.as_mut_ptr()) };
             let polled = usize::try_from(rc)
-                .map_err(|_| RdmaError::verbs("ibv_poll_cq", std::io::Error::from_raw_os_error(rc.abs())))?;
+                .map_err(|_| RdmaError::verbs("ibv_poll_cq", std::io::Error::other(format!("returned {rc}"))))?;
             out.extend(wcs.iter().take(polled).map(|wc| Completion {
                 wr_id: wc.wr_id,
                 status: WorkCompletionStatus::from(wc.status),

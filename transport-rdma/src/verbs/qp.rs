@@ -126,13 +126,17 @@ impl Chained for ibv_recv_wr {
 /// head of the list. The pointers stay valid while neither array moves or is borrowed again: link
 /// right before posting, and post the returned head.
 fn link<W: Chained>(wrs: &mut [W], sges: &mut [ibv_sge]) -> *mut W {
+    // Callers size both arrays `POST_CHUNK`; a request past the SGEs gets none (null, and the
+    // provider would reject `num_sge` 1 with it rather than read anything).
     let count = wrs.len();
     let base = wrs.as_mut_ptr();
+    let sge_base = sges.as_mut_ptr();
     for i in 0..count {
-        let sge = sges.get_mut(i).map_or(null_mut(), |sge| sge as *mut ibv_sge);
+        let sge = if i < sges.len() { sge_base.wrapping_add(i) } else { null_mut() };
         let next = if i + 1 < count { base.wrapping_add(i + 1) } else { null_mut() };
-        // SAFETY: i < count, so `base + i` is an element of `wrs`, reached through the same raw
-        // pointer as the links, so no reference invalidates them.
+        // SAFETY: i < count, so `base + i` is an element of `wrs`. Every pointer stored (`next`,
+        // `sge`) and the one written through come from one raw pointer per array, taken once, so
+        // no later reference to either array invalidates them before the post.
         unsafe { (*base.add(i)).chain(next, sge) };
     }
     base
@@ -251,8 +255,10 @@ impl RcQueuePair {
                 [const { ibv_recv_wr { wr_id: 0, next: null_mut(), sg_list: null_mut(), num_sge: 0 } }; POST_CHUNK];
             let mut count = 0;
             for slot in slots.by_ref().take(POST_CHUNK) {
-                // The table has an entry per slot of the receive region; a slot without one is
-                // not posted (it goes back to its pool here, untouched by the NIC).
+                // The table has an entry per slot of the receive region (both are sized by
+                // `recv_buffers`), so every slot has one; one without would be dropped here unposted
+                // (back to the region, untouched by the NIC).
+                debug_assert!((slot.index() as usize) < self.recv_posted.len(), "receive slot outside the table");
                 let Some(entry) = self.recv_posted.get_mut(slot.index() as usize) else { continue };
                 sges[count] = ibv_sge {
                     addr: slot.addr(),
