@@ -49,6 +49,31 @@ async fn bidirectional_stream_interleaves_requests_and_replies() {
     assert_eq!(replies.message().await.expect("clean end"), None);
 }
 
+/// A half-close sent right after the Open travels on the other command queue than the Open; it
+/// must not overtake it (the server would wait for an end that was dropped as unknown). Each
+/// stream is opened and finished at once, from tasks on two threads, many times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_finished_right_after_it_opened_ends_cleanly() {
+    let server = TestServer::start().await;
+    let client = CalculatorClient::new(server.client().await);
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..2000 {
+                let (requests, reply) = client.total().await.expect("open");
+                requests.finish().await.expect("finish");
+                let wait = tokio::time::timeout(std::time::Duration::from_secs(10), reply.response());
+                let sum = wait.await.expect("the server saw the half-close").expect("reply");
+                assert_eq!((sum.total, sum.count), (0, 0));
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+}
+
 /// Chunk `index` of the test stream: a 1 MiB pattern whose first 8 bytes carry the index.
 fn chunk(pattern: &Bytes, index: u64) -> Bytes {
     let mut chunk = BytesMut::from(&pattern[..]);

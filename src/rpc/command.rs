@@ -2,9 +2,10 @@
 //!
 //! Two queues run from handles to the driver: one carries bodies encoded into the transport's own
 //! buffers (generic over the buffer type: client calls), the other everything else (raw `Bytes`
-//! payloads, half-close, cancellation, credit). Order across the two queues is kept by the
-//! handles: a sender waits until its previous frame reached the session (its ack) before it sends
-//! on the other queue (`send_data`, `finish`); the driver also polls the buffer queue first.
+//! payloads, half-close, cancellation, credit). Order across the two queues: the driver applies
+//! everything the buffer queue holds before each control command (so a stream's End or cancel
+//! cannot overtake its Open or last message), and a handle that follows a control command with a
+//! buffer waits until the first reached the session (its ack).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -180,11 +180,14 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
                 }
             },
             Some(cmd) = ctl_rx.recv() => {
+                // A client's handles also queue buffers, and a command here may follow one there
+                // (a stream's End or cancel right after its Open): whatever the buffer queue held
+                // when this command was sent is visible now, and goes first.
+                apply_buf_queued(&mut buf_rx, &mut session, &mut slots);
                 apply_ctl(cmd, &mut session, &mut slots);
-                // A client's handles also queue buffers, which must stay ahead of their later
-                // commands here: take one command per select then. A server has only this queue.
-                for _ in 1..if buf_rx.is_none() { BATCH } else { 1 } {
+                for _ in 1..BATCH {
                     let Ok(cmd) = ctl_rx.try_recv() else { break };
+                    apply_buf_queued(&mut buf_rx, &mut session, &mut slots);
                     apply_ctl(cmd, &mut session, &mut slots);
                 }
             }
@@ -297,6 +300,21 @@ fn ack_transmit<B>(transmit: &Transmit<B>, slots: &mut IdMap<Slot>) {
         && let Some(Some(ack)) = slot.acks.pop_front()
     {
         let _ = ack.send(());
+    }
+}
+
+/// Applies every buffer command queued so far, so that a control command sent after them cannot
+/// overtake them. The channel's ordering makes this exact: receiving the control command makes
+/// every send that happened before it visible to `try_recv`.
+fn apply_buf_queued<B: crate::transport::SendBuffer>(
+    buf_rx: &mut Option<mpsc::UnboundedReceiver<BufCommand<B>>>,
+    session: &mut Session<Outgoing<B>>,
+    slots: &mut IdMap<Slot>,
+) {
+    if let Some(rx) = buf_rx.as_mut() {
+        while let Ok(cmd) = rx.try_recv() {
+            apply_buf(cmd, session, slots);
+        }
     }
 }
 
