@@ -52,7 +52,7 @@ impl RdmaAlloc {
             Err(err) => return Some(Err(err)),
         };
         let reserve = if Arc::ptr_eq(region, &self.slots) { 0 } else { reserve };
-        (region.free_count() > reserve).then(|| region.try_take()).flatten().map(|slot| Ok(SlotWriter::new(slot)))
+        region.try_take_above(reserve).map(|slot| Ok(SlotWriter::new(slot)))
     }
 
     /// A registered buffer for a control frame or header, waiting until any buffer (the reserve
@@ -67,7 +67,7 @@ impl RdmaAlloc {
     /// or `None` when none is: the caller falls back to heap memory instead of waiting.
     pub fn try_alloc_data(&self, capacity: usize) -> Option<SlotWriter> {
         let (region, reserve) = self.region_for(capacity).ok()?;
-        (region.free_count() > reserve).then(|| region.try_take()).flatten().map(SlotWriter::new)
+        region.try_take_above(reserve).map(SlotWriter::new)
     }
 
     /// The region for `capacity` bytes and how many of its buffers application data leaves free.

@@ -10,6 +10,7 @@
 use std::alloc::Layout;
 use std::ptr::NonNull;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::buf::UninitSlice;
 use crossbeam::queue::ArrayQueue;
@@ -39,6 +40,9 @@ pub(crate) struct Region {
     lkey: u32,
     rkey: u32,
     free: ArrayQueue<u32>,
+    /// Slots in `free` not yet claimed: a taker claims one here (only while more than its reserve
+    /// are left) before it pops, so checking the reserve and taking are one atomic step.
+    unclaimed: AtomicUsize,
     freed: Arc<Notify>,
     /// Whether a returned slot wakes every waiter of `take`, not just one (see `with_mixed_waiters`).
     wake_all: bool,
@@ -114,7 +118,19 @@ impl Region {
             let _ = free.push(i);
         }
         let (lkey, rkey) = (mr.lkey(), mr.rkey());
-        Ok(Arc::new(Region { lkey, rkey, mr: Some(mr), base, layout, slot_size, free, freed, wake_all: false }))
+        let unclaimed = AtomicUsize::new(slots as usize);
+        Ok(Arc::new(Region {
+            lkey,
+            rkey,
+            mr: Some(mr),
+            base,
+            layout,
+            slot_size,
+            free,
+            unclaimed,
+            freed,
+            wake_all: false,
+        }))
     }
 
     /// The address of slot 0, as the peer addresses it in RDMA WRITEs.
@@ -129,7 +145,7 @@ impl Region {
 
     /// Slots free now.
     pub(crate) fn free_count(&self) -> usize {
-        self.free.len()
+        self.unclaimed.load(Ordering::Acquire)
     }
 
     /// Number of slots.
@@ -144,7 +160,24 @@ impl Region {
 
     /// A free slot, if any.
     pub(crate) fn try_take(self: &Arc<Self>) -> Option<Slot> {
-        self.free.pop().map(|index| Slot { region: self.clone(), index, len: 0 })
+        self.try_take_above(0)
+    }
+
+    /// A free slot if more than `reserve` are free, atomically: concurrent takers cannot both
+    /// pass the check and dip into the reserve together.
+    pub(crate) fn try_take_above(self: &Arc<Self>, reserve: usize) -> Option<Slot> {
+        let claimed =
+            self.unclaimed.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n > reserve).then(|| n - 1));
+        claimed.ok()?;
+        // Every unit of `unclaimed` was counted after its index was pushed, and this claim is
+        // ours alone, so the pop finds one; should it not, the claim is given back.
+        match self.free.pop() {
+            Some(index) => Some(Slot { region: self.clone(), index, len: 0 }),
+            None => {
+                self.unclaimed.fetch_add(1, Ordering::AcqRel);
+                None
+            }
+        }
     }
 
     /// A free slot, waiting while no more than `reserve` are free (those are kept for control
@@ -155,9 +188,7 @@ impl Region {
             let notified = self.freed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.free.len() > reserve
-                && let Some(slot) = self.try_take()
-            {
+            if let Some(slot) = self.try_take_above(reserve) {
                 return slot;
             }
             notified.await;
@@ -250,7 +281,10 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let _ = self.region.free.push(self.index);
+        // Counted only once pushed, so a claim always finds an index to pop.
+        if self.region.free.push(self.index).is_ok() {
+            self.region.unclaimed.fetch_add(1, Ordering::AcqRel);
+        }
         if self.region.wake_all {
             self.region.freed.notify_waiters();
         }
