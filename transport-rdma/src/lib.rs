@@ -25,6 +25,7 @@ mod handshake;
 mod ipoib;
 mod large;
 mod poller;
+mod reap;
 mod route;
 mod sender;
 pub mod verbs;

@@ -48,6 +48,41 @@ impl AsRawFd for ChannelFd {
     }
 }
 
+/// Polls a CQ; cloneable, so the poller task and the receiver can both reap (`ibv_poll_cq` is
+/// thread-safe; the caller serialises what it does with the completions).
+#[derive(Clone)]
+pub(crate) struct CqPoller(Arc<BasicCompletionQueue>);
+
+impl CqPoller {
+    /// Appends every available completion to `out`; returns how many. Polls into an array on
+    /// the stack (sideway's poller allocates one per call, even on an empty CQ), so polling
+    /// allocates nothing once `out` has grown to a batch.
+    pub(crate) fn poll(&self, out: &mut Vec<Completion>) -> Result<usize, RdmaError> {
+        let before = out.len();
+        loop {
+            // SAFETY: `ibv_wc` is a C struct of integers (and a union of two u32), for which
+            // all-zero bytes are a valid value.
+            let mut wcs: [ibv_wc; POLL_BATCH] = unsafe { std::mem::zeroed() };
+            // SAFETY: the CQ pointer is valid while `self.0` (an Arc) lives; `wcs` has room for
+            // the `POLL_BATCH` entries the provider may write.
+            let rc = unsafe { ibv_poll_cq(self.0.cq().as_ptr(), POLL_BATCH as i32, wcs.as_mut_ptr()) };
+            let polled = usize::try_from(rc)
+                .map_err(|_| RdmaError::verbs("ibv_poll_cq", std::io::Error::other(format!("returned {rc}"))))?;
+            out.extend(wcs.iter().take(polled).map(|wc| Completion {
+                wr_id: wc.wr_id,
+                status: WorkCompletionStatus::from(wc.status),
+                byte_len: wc.byte_len,
+                // SAFETY: both members of the union are u32, so reading either is defined (the
+                // value means something only for completions with an immediate).
+                imm: u32::from_be(unsafe { wc.imm_data_invalidated_rkey_union.imm_data }),
+            }));
+            if polled < POLL_BATCH {
+                return Ok(out.len() - before);
+            }
+        }
+    }
+}
+
 /// A CQ with a non-blocking completion channel.
 pub(crate) struct CompletionQueue {
     /// Dropped first: deregisters the fd from tokio before anything closes it.
@@ -95,32 +130,9 @@ impl CompletionQueue {
         self.take_events();
     }
 
-    /// Appends every available completion to `out`; returns how many. Polls into an array on
-    /// the stack (sideway's poller allocates one per call, even on an empty CQ), so polling
-    /// allocates nothing once `out` has grown to a batch.
-    pub(crate) fn poll(&self, out: &mut Vec<Completion>) -> Result<usize, RdmaError> {
-        let before = out.len();
-        loop {
-            // SAFETY: `ibv_wc` is a C struct of integers (and a union of two u32), for which
-            // all-zero bytes are a valid value.
-            let mut wcs: [ibv_wc; POLL_BATCH] = unsafe { std::mem::zeroed() };
-            // SAFETY: the CQ pointer is valid while `self.cq` (an Arc) lives; `wcs` has room for
-            // the `POLL_BATCH` entries the provider may write.
-            let rc = unsafe { ibv_poll_cq(self.cq.cq().as_ptr(), POLL_BATCH as i32, wcs.as_mut_ptr()) };
-            let polled = usize::try_from(rc)
-                .map_err(|_| RdmaError::verbs("ibv_poll_cq", std::io::Error::other(format!("returned {rc}"))))?;
-            out.extend(wcs.iter().take(polled).map(|wc| Completion {
-                wr_id: wc.wr_id,
-                status: WorkCompletionStatus::from(wc.status),
-                byte_len: wc.byte_len,
-                // SAFETY: both members of the union are u32, so reading either is defined (the
-                // value means something only for completions with an immediate).
-                imm: u32::from_be(unsafe { wc.imm_data_invalidated_rkey_union.imm_data }),
-            }));
-            if polled < POLL_BATCH {
-                return Ok(out.len() - before);
-            }
-        }
+    /// A handle that polls this CQ from elsewhere (the receiver, inline); it keeps the CQ alive.
+    pub(crate) fn poller(&self) -> CqPoller {
+        CqPoller(self.cq.clone())
     }
 
     /// Asks for an event on the next completion.

@@ -18,7 +18,7 @@ mod device;
 mod qp;
 mod region;
 
-pub(crate) use cq::{Completion, CompletionQueue};
+pub(crate) use cq::{Completion, CompletionQueue, CqPoller};
 pub use device::{DeviceSummary, GidSummary, PortSummary, list_devices};
 pub(crate) use device::{OpenDevice, check_memlock, open_for_address};
 pub(crate) use qp::{QpEndpoint, RcQueuePair, Reaped, RemoteTarget, SendRequest};
