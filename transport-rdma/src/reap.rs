@@ -168,19 +168,22 @@ fn repost(inner: &Inner) -> Result<bool, RdmaError> {
     if reposted {
         lock(&inner.credits).owed += count as u32;
     }
+    // Send-queue entries this may use: the QP has 12 more than this bound, kept for the sender.
     let room = |qp: &crate::verbs::RcQueuePair| {
-        (qp.sends_in_flight() as u32) < inner.config.send_buffers + inner.config.large_buffers() + 4
+        (inner.config.send_buffers + inner.config.large_buffers() + 4).saturating_sub(qp.sends_in_flight() as u32)
     };
     {
-        let has_room = room(&qp);
+        let mut room_left = room(&qp);
         let mut large = lock(&inner.large_recv);
         large.relend_freed();
         let mut credits = lock(&inner.credits);
-        // Each announcement uses a credit; the last one stays for credit-only messages.
+        // Each announcement uses a credit (the last one stays for credit-only messages) and a
+        // send-queue entry.
         let returns = std::iter::from_fn(|| {
-            if credits.available < 2 || !has_room {
+            if credits.available < 2 || room_left == 0 {
                 return None;
             }
+            room_left -= 1;
             let (class, index) = large.next_unannounced()?;
             credits.available -= 1;
             credits.posted += 1;
@@ -196,7 +199,8 @@ fn repost(inner: &Inner) -> Result<bool, RdmaError> {
     let mut credits = lock(&inner.credits);
     let peer_available = (qp.recvs_posted() as u32).saturating_sub(credits.owed);
     let threshold = (inner.config.recv_buffers / 2).max(1);
-    if credits.owed > 0 && credits.available >= 1 && room(&qp) && (credits.owed >= threshold || peer_available <= 1) {
+    if credits.owed > 0 && credits.available >= 1 && room(&qp) > 0 && (credits.owed >= threshold || peer_available <= 1)
+    {
         let imm = Imm::Credit(std::mem::take(&mut credits.owed)).encode();
         credits.available -= 1;
         credits.posted += 1;

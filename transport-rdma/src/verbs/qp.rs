@@ -285,9 +285,17 @@ impl RcQueuePair {
             // it returns. Each SGE names a slot registered under `lkey` that now sits in
             // `recv_posted`, so nothing else touches it while the NIC may.
             let rc = unsafe { ibv_post_recv(self.qp.qp().as_ptr(), head, &mut bad) };
-            // On failure some requests may be posted already: their slots stay in the table; the
-            // caller closes the connection and the flush (or the QP's destruction) gives them back.
+            // On failure the requests before `bad` were posted: their slots stay in the table, and
+            // the flush (or the QP's destruction) gives them back once the caller closes the
+            // connection. From `bad` on, the NIC never saw them: they go back now.
             if rc != 0 {
+                let unposted = wrs[..count].iter().position(|wr| std::ptr::eq(wr, bad)).unwrap_or(count);
+                for wr in &wrs[unposted..count] {
+                    let index = (wr.wr_id & !RECV_FLAG) as usize;
+                    if self.recv_posted.get_mut(index).and_then(Option::take).is_some() {
+                        self.recv_posted_count -= 1;
+                    }
+                }
                 return Err(RdmaError::verbs("ibv_post_recv", std::io::Error::from_raw_os_error(rc.abs())));
             }
             posted += count;
@@ -345,9 +353,15 @@ impl RcQueuePair {
             // `length`, that now sits in `send_inflight`; a WRITE's target is a buffer the peer
             // lent under its rkey.
             let rc = unsafe { ibv_post_send(self.qp.qp().as_ptr(), head, &mut bad) };
-            // On failure the slots stay in flight (some requests may have been posted); the caller
-            // closes the connection, and the flush or the QP's destruction gives them back.
+            // On failure the requests before `bad` were posted: their slots stay in flight until
+            // the flush (or the QP's destruction) after the caller closes the connection. From
+            // `bad` on (the back of `send_inflight`), the NIC never saw them: they go back now.
             if rc != 0 {
+                if let Some(first) = wrs[..count].iter().find(|wr| std::ptr::eq(*wr, bad)).map(|wr| wr.wr_id) {
+                    while self.send_inflight.back().is_some_and(|(id, _)| *id >= first) {
+                        self.send_inflight.pop_back();
+                    }
+                }
                 let qp_num = self.qp_num();
                 return Err(RdmaError::verbs(
                     format!("ibv_post_send on QP {qp_num}"),
