@@ -36,8 +36,8 @@ impl RawEchoServer {
     }
 
     /// As [`start`](Self::start); with `busy_poll`, server and clients read by busy-polling for
-    /// [`BUSY_POLL_WINDOW`] after each message, as rdma-rpc's `TcpConfig::busy_poll` does (the
-    /// baseline of its busy-poll row).
+    /// [`BUSY_POLL_WINDOW`] after each message, as rdma-rpc's default `TcpConfig::busy_poll` does
+    /// (the like-for-like baseline of its default row).
     pub async fn start_with(busy_poll: bool) -> io::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -91,8 +91,8 @@ async fn raw_echo_connection(mut stream: TcpStream, busy_poll: bool) -> io::Resu
 }
 
 /// How long the busy-polling raw echo spins after each message before it sleeps in epoll: the
-/// same window as the bench's busy-polling rdma-rpc rows.
-pub const BUSY_POLL_WINDOW: std::time::Duration = std::time::Duration::from_millis(1);
+/// same window as rdma-rpc's default (`TcpConfig::DEFAULT_SPIN`).
+pub const BUSY_POLL_WINDOW: std::time::Duration = std::time::Duration::from_micros(50);
 
 /// `read_exact`, or with `busy_poll` non-blocking reads between yields to the runtime for
 /// [`BUSY_POLL_WINDOW`], then a sleeping read.

@@ -106,7 +106,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
             println!(
                 "rdma-rpc demo: server and client on {ip}, an active RoCE device's address: RDMA, TCP as fallback"
             );
-            (std::net::IpAddr::V4(ip), Some(super::rdma_config(false)))
+            (std::net::IpAddr::V4(ip), Some(super::rdma_config(super::PollFlags::default())))
         }
         None => {
             println!(

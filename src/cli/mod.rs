@@ -26,15 +26,18 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-pub use args::{Cli, Command, DemoArgs, PingArgs, PushArgs, ReplicateArgs, ServeArgs};
+pub use args::{Cli, Command, DemoArgs, PingArgs, PollFlags, PushArgs, ReplicateArgs, ServeArgs};
 pub use error::CliError;
 pub use url::{Endpoint, Scheme};
 
 /// The RDMA settings the command line asks for.
-pub(crate) fn rdma_config(busy_poll: bool) -> crate::transport::rdma::RdmaConfig {
+pub(crate) fn rdma_config(poll: PollFlags) -> crate::transport::rdma::RdmaConfig {
+    use crate::transport::rdma::PollMode;
     let mut config = crate::transport::rdma::RdmaConfig::default();
-    if busy_poll {
-        config.poll = crate::transport::rdma::PollMode::BusyPoll;
+    if poll.busy_poll {
+        config.poll = PollMode::BusyPoll;
+    } else if poll.no_spin {
+        config.poll = PollMode::Adaptive(std::time::Duration::ZERO);
     }
     config
 }
@@ -43,11 +46,16 @@ pub(crate) fn rdma_config(busy_poll: bool) -> crate::transport::rdma::RdmaConfig
 const TCP_BUSY_POLL: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// The TCP settings the command line asks for (also those an rdma:// URL falls back to).
-pub(crate) fn tcp_config(busy_poll: bool) -> crate::transport::tcp::TcpConfig {
-    crate::transport::tcp::TcpConfig {
-        busy_poll: busy_poll.then_some(TCP_BUSY_POLL),
-        ..crate::transport::tcp::TcpConfig::default()
-    }
+pub(crate) fn tcp_config(poll: PollFlags) -> crate::transport::tcp::TcpConfig {
+    let default = crate::transport::tcp::TcpConfig::default();
+    let busy_poll = if poll.busy_poll {
+        Some(TCP_BUSY_POLL)
+    } else if poll.no_spin {
+        None
+    } else {
+        default.busy_poll
+    };
+    crate::transport::tcp::TcpConfig { busy_poll, ..default }
 }
 
 /// Parses the process arguments, runs the command, and reports a failure on stderr.

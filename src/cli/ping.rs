@@ -36,10 +36,10 @@ pub async fn run(args: PingArgs) -> Result<(), CliError> {
     let url = endpoint.to_string();
     let host_port = endpoint.host_port();
     let options = ConnectOptions {
-        rdma: endpoint.wants_rdma().then(|| super::rdma_config(args.busy_poll)),
+        rdma: endpoint.wants_rdma().then(|| super::rdma_config(args.poll)),
         fallback: !args.no_fallback,
         timeout,
-        tcp: super::tcp_config(args.busy_poll),
+        tcp: super::tcp_config(args.poll),
         ..ConnectOptions::default()
     };
     let connection = connect(&host_port, &options).await.map_err(|err| match err {

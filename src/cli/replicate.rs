@@ -19,9 +19,9 @@ use crate::rpc::{ConnectOptions, Connection, connect};
 
 fn connect_options(url: &Url, flags: &SendFlags) -> ConnectOptions {
     ConnectOptions {
-        rdma: url.wants_rdma().then(|| super::rdma_config(flags.busy_poll)),
+        rdma: url.wants_rdma().then(|| super::rdma_config(flags.poll)),
         fallback: !flags.no_fallback,
-        tcp: super::tcp_config(flags.busy_poll),
+        tcp: super::tcp_config(flags.poll),
         ..ConnectOptions::default()
     }
 }

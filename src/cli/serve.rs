@@ -19,8 +19,8 @@ use super::error::CliError;
 /// Runs `serve` to completion.
 pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     let endpoint = &args.listen;
-    let rdma = if endpoint.wants_rdma() { rdma_config(endpoint, args.no_fallback, args.busy_poll)? } else { None };
-    let listener = TcpListener::bind((endpoint.host.as_str(), endpoint.port), super::tcp_config(args.busy_poll))
+    let rdma = if endpoint.wants_rdma() { rdma_config(endpoint, args.no_fallback, args.poll)? } else { None };
+    let listener = TcpListener::bind((endpoint.host.as_str(), endpoint.port), super::tcp_config(args.poll))
         .await
         .map_err(|source| CliError::listen(endpoint.to_string(), source))?;
     let local = listener.local_addr().map_err(|source| CliError::listen(endpoint.to_string(), source))?;
@@ -58,9 +58,13 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
 }
 
 /// The RDMA settings to offer, after checking that this host has an RDMA device at all.
-fn rdma_config(endpoint: &super::Endpoint, no_fallback: bool, busy_poll: bool) -> Result<Option<RdmaConfig>, CliError> {
+fn rdma_config(
+    endpoint: &super::Endpoint,
+    no_fallback: bool,
+    poll: super::PollFlags,
+) -> Result<Option<RdmaConfig>, CliError> {
     let reason = match crate::transport::rdma::verbs::list_devices() {
-        Ok(devices) if !devices.is_empty() => return Ok(Some(super::rdma_config(busy_poll))),
+        Ok(devices) if !devices.is_empty() => return Ok(Some(super::rdma_config(poll))),
         Ok(_) => "no RDMA device is registered on this host".to_string(),
         Err(err) => err.to_string(),
     };

@@ -33,7 +33,7 @@ use rdma_rpc_benches::alloc_count::{CountingAlloc, Side, set_side};
 use rdma_rpc_benches::tonic_echo::{TonicEchoClient, TonicEchoServer};
 use rdma_rpc_benches::{RawCopyServer, RawEchoServer, RawPipelinedClient, RawSinkServer, RpcEchoServer, payload};
 
-use report::{RAW, RAW_BUSY, RPC_RDMA, RPC_TCP, RPC_TCP_BUSY, Report, TONIC, UnaryRow};
+use report::{RAW, RAW_BUSY, RPC_RDMA, RPC_TCP, RPC_TCP_SLEEP, Report, TONIC, UnaryRow};
 use unary::{Caller, Raw, RawPipelined, Rpc, Tonic};
 
 #[global_allocator]
@@ -144,8 +144,8 @@ impl Plan {
 /// The servers, in the server runtime.
 struct Servers {
     rpc: RpcEchoServer,
-    /// The same, busy-polling its sockets.
-    rpc_busy: RpcEchoServer,
+    /// The same, sleeping at once instead of spinning after each message.
+    rpc_sleep: RpcEchoServer,
     rdma: Option<(RpcEchoServer, RdmaConfig)>,
     raw_echo: RawEchoServer,
     raw_echo_busy: RawEchoServer,
@@ -166,7 +166,7 @@ impl Servers {
         };
         Ok(Servers {
             rpc: RpcEchoServer::start().await.map_err(bind)?,
-            rpc_busy: RpcEchoServer::start_with("127.0.0.1:0", busy_tcp(), None).await.map_err(bind)?,
+            rpc_sleep: RpcEchoServer::start_with("127.0.0.1:0", no_spin_tcp(), None).await.map_err(bind)?,
             rdma,
             raw_echo: RawEchoServer::start().await.map_err(bind)?,
             raw_echo_busy: RawEchoServer::start_with(true).await.map_err(bind)?,
@@ -177,9 +177,9 @@ impl Servers {
     }
 }
 
-/// TCP settings of the busy-polling rows: spin 1 ms after each message, as `--busy-poll` does.
-fn busy_tcp() -> TcpConfig {
-    TcpConfig { busy_poll: Some(std::time::Duration::from_millis(1)), ..TcpConfig::default() }
+/// TCP settings of the no-spin rows: sleep in epoll at once, as `--no-spin` does.
+fn no_spin_tcp() -> TcpConfig {
+    TcpConfig { busy_poll: None, ..TcpConfig::default() }
 }
 
 fn runtime(name: &'static str, side: Side) -> std::io::Result<tokio::runtime::Runtime> {
@@ -222,7 +222,7 @@ fn run(args: &Args) -> Result<Report, String> {
     if let Ok(servers) = Arc::try_unwrap(servers) {
         server_rt.block_on(async {
             let _ = servers.rpc.stop().await;
-            let _ = servers.rpc_busy.stop().await;
+            let _ = servers.rpc_sleep.stop().await;
             if let Some((server, _)) = servers.rdma {
                 let _ = server.stop().await;
             }
@@ -236,7 +236,7 @@ fn run(args: &Args) -> Result<Report, String> {
 async fn measure_all(servers: Arc<Servers>, plan: Plan) -> Result<Report, String> {
     let connect_err = |err: Box<dyn std::error::Error + Send + Sync>| format!("cannot connect: {err}");
     let rpc = servers.rpc.client().await.map_err(connect_err)?;
-    let rpc_busy = servers.rpc_busy.client_with(busy_tcp()).await.map_err(connect_err)?;
+    let rpc_sleep = servers.rpc_sleep.client_with(no_spin_tcp()).await.map_err(connect_err)?;
     let rdma = match &servers.rdma {
         Some((server, config)) => Some(rdma_client(server, config).await?),
         None => None,
@@ -253,8 +253,8 @@ async fn measure_all(servers: Arc<Servers>, plan: Plan) -> Result<Report, String
             let measured =
                 unary::run((0..in_flight).map(|_| Rpc(rpc.clone())).collect(), data.clone(), plan.warm_up, plan.window);
             report.unary.push(cell(RPC_TCP, measured.await?));
-            let callers = (0..in_flight).map(|_| Rpc(rpc_busy.clone())).collect();
-            report.unary.push(cell(RPC_TCP_BUSY, unary::run(callers, data.clone(), plan.warm_up, plan.window).await?));
+            let callers = (0..in_flight).map(|_| Rpc(rpc_sleep.clone())).collect();
+            report.unary.push(cell(RPC_TCP_SLEEP, unary::run(callers, data.clone(), plan.warm_up, plan.window).await?));
             if let Some(rdma) = &rdma {
                 let callers = (0..in_flight).map(|_| Rpc(rdma.clone())).collect();
                 report.unary.push(cell(RPC_RDMA, unary::run(callers, data.clone(), plan.warm_up, plan.window).await?));
