@@ -299,5 +299,20 @@ mod tests {
         assert!(Cli::try_parse_from(["rdma-rpc", "ping", "tcp://h:1", "--count", "0"]).is_err());
         assert!(Cli::try_parse_from(["rdma-rpc", "ping", "tcp://h:1", "--concurrency", "0"]).is_err());
         assert!(Cli::try_parse_from(["rdma-rpc", "ping", "tcp://h:1", "--size", "999999999"]).is_err());
+        assert!(Cli::try_parse_from(["rdma-rpc", "serve", "--busy-poll", "--no-spin"]).is_err());
+    }
+
+    #[test]
+    fn polling_flags_set_both_transports() {
+        use crate::transport::rdma::PollMode;
+        use std::time::Duration;
+        let poll = |args: &[&str]| {
+            let cli = Cli::try_parse_from(["rdma-rpc", "ping", "tcp://h:1"].iter().chain(args)).expect("parses");
+            let Command::Ping(ping) = cli.command else { panic!("not ping") };
+            (super::super::tcp_config(ping.poll).busy_poll, super::super::rdma_config(ping.poll).poll)
+        };
+        assert_eq!(poll(&[]), (Some(Duration::from_micros(50)), PollMode::Adaptive(Duration::from_micros(50))));
+        assert_eq!(poll(&["--busy-poll"]), (Some(Duration::from_millis(1)), PollMode::BusyPoll));
+        assert_eq!(poll(&["--no-spin"]), (None, PollMode::Adaptive(Duration::ZERO)));
     }
 }
