@@ -76,6 +76,14 @@ struct Args {
     /// Run one part only (for profiling, e.g. under `valgrind --tool=dhat` or callgrind).
     #[arg(long, value_enum)]
     only: Option<Part>,
+    /// perftest's `ib_send_lat` t_typical (half a round trip, µs) on the same device in the same
+    /// boot: the RDMA latency target is computed against it (`scripts/rxe-bench` passes it).
+    #[arg(long, value_name = "US")]
+    perftest_lat_us: Option<f64>,
+    /// perftest's `ib_write_bw` average (MB/s, one way), same device and boot: the RDMA stream
+    /// target is computed against it.
+    #[arg(long, value_name = "MBS")]
+    perftest_bw_mbs: Option<f64>,
 }
 
 /// The parts of a run.
@@ -98,6 +106,7 @@ struct Plan {
     alloc_calls: u64,
     only: Option<Part>,
     quick: bool,
+    perftest: report::Perftest,
 }
 
 impl Plan {
@@ -127,6 +136,7 @@ impl Plan {
                 alloc_calls: 100,
                 only: args.only,
                 quick: args.quick,
+                perftest: report::Perftest { lat_us: args.perftest_lat_us, bw_mbs: args.perftest_bw_mbs },
             }
         } else {
             Plan {
@@ -136,6 +146,7 @@ impl Plan {
                 alloc_calls: 2000,
                 only: args.only,
                 quick: args.quick,
+                perftest: report::Perftest { lat_us: args.perftest_lat_us, bw_mbs: args.perftest_bw_mbs },
             }
         }
     }
@@ -245,7 +256,7 @@ async fn measure_all(servers: Arc<Servers>, plan: Plan) -> Result<Report, String
     let raw_err = |err: std::io::Error| format!("raw echo: {err}");
     let pipelined = RawPipelinedClient::connect(&servers.raw_echo).await.map_err(raw_err)?;
 
-    let mut report = Report { not_meaningful: plan.not_meaningful(), ..Report::default() };
+    let mut report = Report { not_meaningful: plan.not_meaningful(), perftest: plan.perftest, ..Report::default() };
     for size in SIZES.into_iter().filter(|_| plan.runs(Part::Unary)) {
         let data = payload(size);
         for in_flight in IN_FLIGHT {

@@ -46,6 +46,17 @@ pub struct Report {
     pub allocations: Vec<(&'static str, usize, PerCall)>,
     /// Why the timings say nothing (a `--quick` smoke run, a debug build), if they don't.
     pub not_meaningful: Option<&'static str>,
+    /// perftest's figures from the same device and boot, if given.
+    pub perftest: Perftest,
+}
+
+/// perftest's figures, measured outside this binary in the same boot (`scripts/rxe-bench`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Perftest {
+    /// `ib_send_lat` t_typical: half a round trip, µs.
+    pub lat_us: Option<f64>,
+    /// `ib_write_bw` average, one way, MB/s.
+    pub bw_mbs: Option<f64>,
 }
 
 impl Report {
@@ -169,6 +180,15 @@ impl Report {
         target("TCP calls/s, 64 B, 64 in flight ÷ tonic ≥ 2", div(rate(RPC_TCP), rate(TONIC)), &|v| v >= 2.0);
         let mbps = |system| self.stream(system).map(Throughput::megabytes_per_sec);
         target("TCP stream throughput ÷ raw TCP copy ≥ 0.8", div(mbps(RPC_TCP), mbps(RAW)), &|v| v >= 0.8);
+        // RDMA against perftest (busy-polling both; `rpc-bench --busy-poll` is like for like).
+        if let (Some(lat), Some(_)) = (self.perftest.lat_us, self.unary(RPC_RDMA, 64, 1)) {
+            let name = "RDMA unary p50, 64 B, 1 in flight ÷ perftest round trip (2 × ib_send_lat) ≤ 1.5";
+            target(name, div(p50(RPC_RDMA), Some(2.0 * lat)), &|v| v <= 1.5);
+        }
+        let one_way = |system| self.one_way.iter().find(|(s, _)| *s == system).map(|(_, t)| t.megabytes_per_sec());
+        if let (Some(bw), Some(rdma)) = (self.perftest.bw_mbs, one_way(RPC_RDMA)) {
+            target("RDMA stream one way ÷ ib_write_bw ≥ 0.7", Some(rdma / bw), &|v| v >= 0.7);
+        }
         let allocs = |system| self.allocations.iter().find(|(s, size, _)| *s == system && *size == 64).map(|a| &a.2);
         for (system, name, limit) in [(RPC_TCP, "TCP", 4.0), (RPC_RDMA, "RDMA", 2.0)] {
             let Some(per) = allocs(system) else { continue };
