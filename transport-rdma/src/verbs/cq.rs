@@ -48,27 +48,37 @@ impl AsRawFd for ChannelFd {
     }
 }
 
-/// Polls a CQ; cloneable, so the poller task and the receiver can both reap (`ibv_poll_cq` is
-/// thread-safe; the caller serialises what it does with the completions).
-#[derive(Clone)]
-pub(crate) struct CqPoller(Arc<BasicCompletionQueue>);
+/// Polls a CQ from wherever reaping happens (the receiver, inline, or the poller task), with its
+/// own completion array: `ibv_poll_cq` is thread-safe, and the caller serialises what it does
+/// with the completions. Keeps the CQ alive.
+pub(crate) struct CqPoller {
+    cq: Arc<BasicCompletionQueue>,
+    /// Where the provider writes completions: zeroed once and reused, so a spinning poll neither
+    /// allocates nor clears it again (entries keep what the provider last wrote: always defined).
+    wcs: Box<[ibv_wc; POLL_BATCH]>,
+}
 
 impl CqPoller {
-    /// Appends every available completion to `out`; returns how many. Polls into an array on
-    /// the stack (sideway's poller allocates one per call, even on an empty CQ), so polling
-    /// allocates nothing once `out` has grown to a batch.
-    pub(crate) fn poll(&self, out: &mut Vec<Completion>) -> Result<usize, RdmaError> {
+    fn new(cq: Arc<BasicCompletionQueue>) -> Self {
+        // SAFETY: `ibv_wc` is a C struct of integers (and a union of two u32), for which
+        // all-zero bytes are a valid value.
+        let wcs = Box::new(unsafe { std::mem::zeroed::<[ibv_wc; POLL_BATCH]>() });
+        CqPoller { cq, wcs }
+    }
+
+    /// Appends every available completion to `out`; returns how many. Allocates nothing once
+    /// `out` has grown to a batch (sideway's poller allocates an array per call, even on an empty
+    /// CQ).
+    pub(crate) fn poll(&mut self, out: &mut Vec<Completion>) -> Result<usize, RdmaError> {
         let before = out.len();
         loop {
-            // SAFETY: `ibv_wc` is a C struct of integers (and a union of two u32), for which
-            // all-zero bytes are a valid value.
-            let mut wcs: [ibv_wc; POLL_BATCH] = unsafe { std::mem::zeroed() };
-            // SAFETY: the CQ pointer is valid while `self.0` (an Arc) lives; `wcs` has room for
-            // the `POLL_BATCH` entries the provider may write.
-            let rc = unsafe { ibv_poll_cq(self.0.cq().as_ptr(), POLL_BATCH as i32, wcs.as_mut_ptr()) };
+            // SAFETY: the CQ pointer is valid while `self.cq` (an Arc) lives; `wcs` has room for
+            // the `POLL_BATCH` entries the provider may write, and `&mut self` makes it ours.
+            let rc = unsafe { ibv_poll_cq(self.cq.cq().as_ptr(), POLL_BATCH as i32, self.wcs.as_mut_ptr()) };
             let polled = usize::try_from(rc)
-                .map_err(|_| RdmaError::verbs("ibv_poll_cq", std::io::Error::other(format!("returned {rc}"))))?;
-            out.extend(wcs.iter().take(polled).map(|wc| Completion {
+                .map_err(|_| RdmaError::verbs("ibv_poll_cq", std::io::Error::other(format!("returned {rc}"))))?
+                .min(POLL_BATCH);
+            out.extend(self.wcs.iter().take(polled).map(|wc| Completion {
                 wr_id: wc.wr_id,
                 status: WorkCompletionStatus::from(wc.status),
                 byte_len: wc.byte_len,
@@ -132,7 +142,7 @@ impl CompletionQueue {
 
     /// A handle that polls this CQ from elsewhere (the receiver, inline); it keeps the CQ alive.
     pub(crate) fn poller(&self) -> CqPoller {
-        CqPoller(self.cq.clone())
+        CqPoller::new(self.cq.clone())
     }
 
     /// Asks for an event on the next completion.
