@@ -145,8 +145,8 @@ pub(crate) fn received(inner: &Inner, slot: Slot, imm: u32, byte_len: u32) -> Re
 }
 
 /// Hands a received message up. Normally the `Bytes` are the registered buffer itself (the
-/// application holds it as long as it holds the bytes; dropping them returns the slot, which this
-/// poller re-posts). When the application already holds three quarters of the receive buffers —
+/// application holds it as long as it holds the bytes; dropping them returns the slot, which the
+/// next step re-posts). When the application already holds three quarters of the receive buffers —
 /// messages queued behind work that waits on the peer — the message is copied out and its buffer
 /// re-posted at once: otherwise the peer could run out of credit while this side waits on the
 /// peer, and both would stall.
