@@ -76,6 +76,16 @@ struct Args {
     /// Run one part only (for profiling, e.g. under `valgrind --tool=dhat` or callgrind).
     #[arg(long, value_enum)]
     only: Option<Part>,
+    /// Unary payload sizes in bytes, comma-separated (for profiling one cell).
+    #[arg(long, value_delimiter = ',', default_values_t = SIZES)]
+    sizes: Vec<usize>,
+    /// Unary calls in flight, comma-separated (for profiling one cell).
+    #[arg(long, value_delimiter = ',', default_values_t = IN_FLIGHT)]
+    in_flight: Vec<usize>,
+    /// Unary rows of these systems only (labels as in the table, e.g. `--system "rdma-rpc tcp"`;
+    /// repeatable; default all): to profile one system.
+    #[arg(long = "system")]
+    systems: Vec<String>,
     /// perftest's `ib_send_lat` t_typical (half a round trip, µs) on the same device in the same
     /// boot: the RDMA latency target is computed against it (`scripts/rxe-bench` passes it).
     #[arg(long, value_name = "US")]
@@ -98,7 +108,7 @@ enum Part {
 }
 
 /// How long each part runs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Plan {
     warm_up: Duration,
     window: Duration,
@@ -107,6 +117,9 @@ struct Plan {
     only: Option<Part>,
     quick: bool,
     perftest: report::Perftest,
+    sizes: Vec<usize>,
+    in_flight: Vec<usize>,
+    systems: Vec<String>,
 }
 
 impl Plan {
@@ -124,6 +137,11 @@ impl Plan {
     fn runs(&self, part: Part) -> bool {
         self.only.is_none_or(|only| only == part)
     }
+
+    /// Whether the unary rows of `system` are measured.
+    fn measures(&self, system: &str) -> bool {
+        self.systems.is_empty() || self.systems.iter().any(|s| s == system)
+    }
 }
 
 impl Plan {
@@ -137,6 +155,9 @@ impl Plan {
                 only: args.only,
                 quick: args.quick,
                 perftest: report::Perftest { lat_us: args.perftest_lat_us, bw_mbs: args.perftest_bw_mbs },
+                sizes: args.sizes.clone(),
+                in_flight: args.in_flight.clone(),
+                systems: args.systems.clone(),
             }
         } else {
             Plan {
@@ -147,6 +168,9 @@ impl Plan {
                 only: args.only,
                 quick: args.quick,
                 perftest: report::Perftest { lat_us: args.perftest_lat_us, bw_mbs: args.perftest_bw_mbs },
+                sizes: args.sizes.clone(),
+                in_flight: args.in_flight.clone(),
+                systems: args.systems.clone(),
             }
         }
     }
@@ -257,49 +281,57 @@ async fn measure_all(servers: Arc<Servers>, plan: Plan) -> Result<Report, String
     let pipelined = RawPipelinedClient::connect(&servers.raw_echo).await.map_err(raw_err)?;
 
     let mut report = Report { not_meaningful: plan.not_meaningful(), perftest: plan.perftest, ..Report::default() };
-    for size in SIZES.into_iter().filter(|_| plan.runs(Part::Unary)) {
+    for &size in plan.sizes.iter().filter(|_| plan.runs(Part::Unary)) {
         let data = payload(size);
-        for in_flight in IN_FLIGHT {
+        for &in_flight in &plan.in_flight {
             let cell = |system, measured| UnaryRow { size, in_flight, system, measured };
-            let measured =
-                unary::run((0..in_flight).map(|_| Rpc(rpc.clone())).collect(), data.clone(), plan.warm_up, plan.window);
-            report.unary.push(cell(RPC_TCP, measured.await?));
-            let callers = (0..in_flight).map(|_| Rpc(rpc_sleep.clone())).collect();
-            report.unary.push(cell(RPC_TCP_SLEEP, unary::run(callers, data.clone(), plan.warm_up, plan.window).await?));
-            if let Some(rdma) = &rdma {
-                let callers = (0..in_flight).map(|_| Rpc(rdma.clone())).collect();
-                report.unary.push(cell(RPC_RDMA, unary::run(callers, data.clone(), plan.warm_up, plan.window).await?));
+            let (warm_up, window) = (plan.warm_up, plan.window);
+            let many = |client: &EchoClient<TcpConnection>| (0..in_flight).map(|_| Rpc(client.clone())).collect();
+            if plan.measures(RPC_TCP) {
+                report.unary.push(cell(RPC_TCP, unary::run(many(&rpc), data.clone(), warm_up, window).await?));
             }
-            let raw = if in_flight == 1 {
-                let client = servers.raw_echo.client().await.map_err(raw_err)?;
-                unary::run(vec![Raw(client)], data.clone(), plan.warm_up, plan.window).await?
-            } else {
-                let callers = (0..in_flight).map(|_| RawPipelined(pipelined.clone())).collect();
-                unary::run(callers, data.clone(), plan.warm_up, plan.window).await?
-            };
-            report.unary.push(cell(RAW, raw));
-            if in_flight == 1 {
+            if plan.measures(RPC_TCP_SLEEP) {
+                let measured = unary::run(many(&rpc_sleep), data.clone(), warm_up, window).await?;
+                report.unary.push(cell(RPC_TCP_SLEEP, measured));
+            }
+            if let Some(rdma) = rdma.as_ref().filter(|_| plan.measures(RPC_RDMA)) {
+                let callers = (0..in_flight).map(|_| Rpc(rdma.clone())).collect();
+                report.unary.push(cell(RPC_RDMA, unary::run(callers, data.clone(), warm_up, window).await?));
+            }
+            if plan.measures(RAW) {
+                let raw = if in_flight == 1 {
+                    let client = servers.raw_echo.client().await.map_err(raw_err)?;
+                    unary::run(vec![Raw(client)], data.clone(), warm_up, window).await?
+                } else {
+                    let callers = (0..in_flight).map(|_| RawPipelined(pipelined.clone())).collect();
+                    unary::run(callers, data.clone(), warm_up, window).await?
+                };
+                report.unary.push(cell(RAW, raw));
+            }
+            if in_flight == 1 && plan.measures(RAW_BUSY) {
                 let client = servers.raw_echo_busy.client().await.map_err(raw_err)?;
-                let raw_busy = unary::run(vec![Raw(client)], data.clone(), plan.warm_up, plan.window).await?;
+                let raw_busy = unary::run(vec![Raw(client)], data.clone(), warm_up, window).await?;
                 report.unary.push(cell(RAW_BUSY, raw_busy));
             }
-            let callers = (0..in_flight).map(|_| Tonic(tonic.clone())).collect();
-            report.unary.push(cell(TONIC, unary::run(callers, data.clone(), plan.warm_up, plan.window).await?));
+            if plan.measures(TONIC) {
+                let callers = (0..in_flight).map(|_| Tonic(tonic.clone())).collect();
+                report.unary.push(cell(TONIC, unary::run(callers, data.clone(), warm_up, window).await?));
+            }
         }
     }
 
     if plan.runs(Part::Stream) {
-        measure_streams(&mut report, &servers, &rpc, rdma.as_ref(), &tonic, plan).await?;
+        measure_streams(&mut report, &servers, &rpc, rdma.as_ref(), &tonic, &plan).await?;
     }
     for size in [64, 4096].into_iter().filter(|_| plan.runs(Part::Alloc)) {
         let data = payload(size);
-        report.allocations.push((RPC_TCP, size, alloc_of(Rpc(rpc.clone()), &data, plan).await?));
+        report.allocations.push((RPC_TCP, size, alloc_of(Rpc(rpc.clone()), &data, &plan).await?));
         if let Some(rdma) = &rdma {
-            report.allocations.push((RPC_RDMA, size, alloc_of(Rpc(rdma.clone()), &data, plan).await?));
+            report.allocations.push((RPC_RDMA, size, alloc_of(Rpc(rdma.clone()), &data, &plan).await?));
         }
         let raw = servers.raw_echo.client().await.map_err(raw_err)?;
-        report.allocations.push((RAW, size, alloc_of(Raw(raw), &data, plan).await?));
-        report.allocations.push((TONIC, size, alloc_of(Tonic(tonic.clone()), &data, plan).await?));
+        report.allocations.push((RAW, size, alloc_of(Raw(raw), &data, &plan).await?));
+        report.allocations.push((TONIC, size, alloc_of(Tonic(tonic.clone()), &data, &plan).await?));
     }
     Ok(report)
 }
@@ -310,7 +342,7 @@ async fn measure_streams(
     rpc: &EchoClient<TcpConnection>,
     rdma: Option<&EchoClient<RdmaConnection>>,
     tonic: &TonicEchoClient<tonic::transport::Channel>,
-    plan: Plan,
+    plan: &Plan,
 ) -> Result<(), String> {
     let chunk = payload(CHUNK);
     let count = plan.stream_bytes / CHUNK;
@@ -332,7 +364,7 @@ async fn measure_streams(
     Ok(())
 }
 
-async fn alloc_of<C: Caller>(caller: C, data: &Bytes, plan: Plan) -> Result<unary::PerCall, String> {
+async fn alloc_of<C: Caller>(caller: C, data: &Bytes, plan: &Plan) -> Result<unary::PerCall, String> {
     unary::allocations_per_call(caller, data.clone(), plan.alloc_calls / 2, plan.alloc_calls).await
 }
 
