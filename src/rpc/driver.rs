@@ -94,6 +94,9 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
     tokio::pin!(stop);
     let mut stopping = false;
     let mut final_status = Status::ok();
+    // Client calls this driver finished since it last wrote: their callers are runnable now, and
+    // usually call again at once.
+    let mut finished_since_write = 0usize;
 
     loop {
         // Everything the session decided: frames out, events to handles. Handling an event can
@@ -119,8 +122,10 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
             }
             while let Some(event) = session.poll_event() {
                 progressed = true;
-                if let Event::ConnectionClosed(status) = &event {
-                    final_status = status.clone();
+                match &event {
+                    Event::ConnectionClosed(status) => final_status = status.clone(),
+                    Event::Closed { .. } if role == Role::Client => finished_since_write += 1,
+                    _ => {}
                 }
                 dispatch(event, &mut session, &mut slots, &serving, &mut fresh);
             }
@@ -145,6 +150,16 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
         if session.is_closed() {
             break;
         }
+        if finished_since_write > 1 && outbox.wants_drive() && buf_rx.is_some() {
+            // Several callers were woken and the first has queued its next call. Writing now would
+            // send that one alone: with one worker thread, its wake-up ran this task right after
+            // it. Stepping aside once lets the others queue theirs (the buffer queue does not wake
+            // this task meanwhile: nothing polls it), and one write carries them all.
+            finished_since_write = 0;
+            tokio::task::yield_now().await;
+            apply_buf_queued(&mut buf_rx, &mut session, &mut slots);
+            continue;
+        }
         // Re-arming the timer costs about as much as a session step: only when the deadline moved.
         if let Some(at) = session.poll_timeout()
             && armed != Some(at)
@@ -157,6 +172,7 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
             biased;
             // First: what this pass queued goes out before more input is taken.
             sent = outbox.drive(), if !send_failed && outbox.wants_drive() => {
+                finished_since_write = 0;
                 if let Err(err) = sent {
                     send_failed = true;
                     session.handle_error(Status::unavailable(format!("send failed: {err}")));
