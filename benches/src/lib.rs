@@ -11,6 +11,7 @@
 
 pub mod alloc_count;
 pub mod raw;
+mod raw_frames;
 pub mod tonic_echo;
 
 pub use raw::{

@@ -18,6 +18,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+pub use crate::raw_frames::BUSY_POLL_WINDOW;
+use crate::raw_frames::FrameBuf;
+
 /// A plain tokio TCP echo server: every message is a big-endian `u32` length followed by that
 /// many bytes, and is written back unchanged. No framing library, no protobuf, no RPC: the
 /// floor an RPC round trip over TCP can be compared with.
@@ -61,7 +64,7 @@ impl RawEchoServer {
     pub async fn client(&self) -> io::Result<RawEchoClient> {
         let stream = TcpStream::connect(self.addr).await?;
         stream.set_nodelay(true)?;
-        Ok(RawEchoClient { stream, out: Vec::new(), back: Vec::new(), busy_poll: self.busy_poll })
+        Ok(RawEchoClient { stream, out: Vec::new(), back: FrameBuf::default(), busy_poll: self.busy_poll })
     }
 }
 
@@ -73,53 +76,17 @@ impl Drop for RawEchoServer {
 
 async fn raw_echo_connection(mut stream: TcpStream, busy_poll: bool) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    let mut buf = Vec::new();
-    let mut prefix = [0u8; 4];
+    let mut buf = FrameBuf::default();
     loop {
-        match read_exact(&mut stream, &mut prefix, busy_poll).await {
-            Ok(()) => {}
-            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(err) => return Err(err),
+        if buf.read_from(&mut stream, busy_poll).await? == 0 {
+            return Ok(());
         }
-        let len = u32::from_be_bytes(prefix);
-        buf.clear();
-        buf.extend_from_slice(&prefix);
-        buf.resize(4 + usize::try_from(len).map_err(io::Error::other)?, 0);
-        read_exact(&mut stream, &mut buf[4..], busy_poll).await?;
-        stream.write_all(&buf).await?;
-    }
-}
-
-/// How long the busy-polling raw echo spins after each message before it sleeps in epoll: the
-/// same window as rdma-rpc's default (`TcpConfig::DEFAULT_SPIN`).
-pub const BUSY_POLL_WINDOW: std::time::Duration = std::time::Duration::from_micros(50);
-
-/// `read_exact`, or with `busy_poll` non-blocking reads between yields to the runtime for
-/// [`BUSY_POLL_WINDOW`], then a sleeping read.
-async fn read_exact(stream: &mut TcpStream, buf: &mut [u8], busy_poll: bool) -> io::Result<()> {
-    if !busy_poll {
-        return stream.read_exact(buf).await.map(drop);
-    }
-    let until = std::time::Instant::now() + BUSY_POLL_WINDOW;
-    let mut got = 0;
-    while got < buf.len() {
-        let read = match stream.try_read(&mut buf[got..]) {
-            Ok(read) => read,
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                if std::time::Instant::now() < until {
-                    tokio::task::yield_now().await;
-                    continue;
-                }
-                stream.read(&mut buf[got..]).await?
-            }
-            Err(err) => return Err(err),
-        };
-        if read == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
+        // Every complete message read goes back in one write.
+        let echo = buf.pop_all();
+        if !echo.is_empty() {
+            stream.write_all(echo).await?;
         }
-        got += read;
     }
-    Ok(())
 }
 
 /// The client side of [`RawEchoServer`]: one connection, buffers reused between round trips.
@@ -127,7 +94,7 @@ async fn read_exact(stream: &mut TcpStream, buf: &mut [u8], busy_poll: bool) -> 
 pub struct RawEchoClient {
     stream: TcpStream,
     out: Vec<u8>,
-    back: Vec<u8>,
+    back: FrameBuf,
     busy_poll: bool,
 }
 
@@ -140,12 +107,12 @@ impl RawEchoClient {
         self.out.extend_from_slice(&len.to_be_bytes());
         self.out.extend_from_slice(payload);
         self.stream.write_all(&self.out).await?;
-        let mut prefix = [0u8; 4];
-        read_exact(&mut self.stream, &mut prefix, self.busy_poll).await?;
-        let back_len = usize::try_from(u32::from_be_bytes(prefix)).map_err(io::Error::other)?;
-        self.back.resize(back_len, 0);
-        read_exact(&mut self.stream, &mut self.back, self.busy_poll).await?;
-        Ok(&self.back)
+        while !self.back.has_message() {
+            if self.back.read_from(&mut self.stream, self.busy_poll).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        self.back.pop().ok_or_else(|| io::Error::other("a complete message did not pop"))
     }
 }
 
@@ -170,6 +137,9 @@ impl RawPipelinedClient {
             let mut out = Vec::new();
             while let Some(first) = queued.recv().await {
                 out.clear();
+                // The other callers woken with the first are runnable: let them queue their
+                // requests (nothing wakes this task meanwhile), as rdma-rpc's driver does.
+                tokio::task::yield_now().await;
                 let mut next = Some(first);
                 // Everything queued goes out in one write, as rdma-rpc's writer batches frames.
                 while let Some((payload, reply)) = next {
@@ -186,27 +156,30 @@ impl RawPipelinedClient {
             }
         });
         tokio::spawn(async move {
-            let mut back = Vec::new();
+            let mut back = FrameBuf::default();
             let mut order = VecDeque::new();
             loop {
-                let result = async {
-                    let len = usize::try_from(read.read_u32().await?).map_err(io::Error::other)?;
-                    back.resize(len, 0);
-                    read.read_exact(&mut back).await?;
-                    Ok::<usize, io::Error>(len)
-                }
-                .await;
-                while order.is_empty() {
-                    match waiting.recv().await {
-                        Some(reply) => order.push_back(reply),
-                        None => return,
+                let read = back.read_from(&mut read, false).await;
+                let ended = !matches!(read, Ok(1..));
+                while let Some(len) = back.pop().map(<[u8]>::len) {
+                    while order.is_empty() {
+                        match waiting.recv().await {
+                            Some(reply) => order.push_back(reply),
+                            None => return,
+                        }
+                    }
+                    if let Some(reply) = order.pop_front() {
+                        let _ = reply.send(Ok::<usize, io::Error>(len));
                     }
                 }
-                let failed = result.is_err();
-                if let Some(reply) = order.pop_front() {
-                    let _ = reply.send(result);
-                }
-                if failed {
+                if ended {
+                    // Every caller still waiting learns the connection is gone.
+                    while let Ok(reply) = waiting.try_recv() {
+                        order.push_back(reply);
+                    }
+                    for reply in order.drain(..) {
+                        let _ = reply.send(Err(io::Error::new(io::ErrorKind::UnexpectedEof, "raw echo closed")));
+                    }
                     return;
                 }
             }
