@@ -6,7 +6,8 @@
 //! - `region.rs`: registered memory split into fixed-size slots (local, or remote-writable for the
 //!   large receive buffers), and the writer prost encodes into.
 //! - `cq.rs`: the completion queue and its completion channel (poll, arm, events).
-//! - `qp.rs`: the reliable-connected queue pair: state transitions, batched SEND / WRITE posting.
+//! - `qp.rs`: the reliable-connected queue pair: state transitions, batched SEND / WRITE posting;
+//!   `work_request.rs`: the chained work-request arrays it posts from the stack.
 //!
 //! sideway loads libibverbs at run time, so a binary built with this crate starts on hosts without
 //! rdma-core and reports RDMA as unavailable there.
@@ -17,6 +18,7 @@ mod cq;
 mod device;
 mod qp;
 mod region;
+mod work_request;
 
 pub(crate) use cq::{Completion, CompletionQueue, CqPoller};
 pub use device::{DeviceSummary, GidSummary, PortSummary, list_devices};
