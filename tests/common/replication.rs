@@ -185,10 +185,19 @@ impl ServeProcess {
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn rdma-rpc serve");
         let stdout = child.stdout.take().expect("stdout");
+        // The server's log goes on to this test's stderr, and is kept to explain a failed start.
+        let stderr = child.stderr.take().expect("stderr");
+        let (log_tx, log_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[serve] {line}");
+                let _ = log_tx.send(line);
+            }
+        });
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
@@ -199,7 +208,13 @@ impl ServeProcess {
             Ok(Some(Ok(line))) => line,
             other => {
                 let _ = child.kill();
-                panic!("serve printed no `listening on` line: {other:?}");
+                let status = child.wait();
+                std::thread::sleep(Duration::from_millis(200));
+                let log: Vec<String> = log_rx.try_iter().collect();
+                panic!(
+                    "serve printed no `listening on` line: {other:?}; exit: {status:?}; its stderr:\n{}",
+                    log.join("\n")
+                );
             }
         };
         let rest = line.strip_prefix(&format!("listening on {scheme}://{host}:")).unwrap_or_else(|| panic!("{line}"));
