@@ -1,5 +1,5 @@
-//! RDMA under each way of waiting for completions, on a real device (`scripts/rxe-test`; skipped
-//! with the reason printed elsewhere): `PollMode::BusyPoll` (the receiver and the poller never
+//! RDMA under each way of waiting for completions, on a real device (`scripts/rxe-test`; `#[ignore]`d
+//! elsewhere): `PollMode::BusyPoll` (the receiver and the poller never
 //! sleep) and `PollMode::Adaptive(0)` (`--no-spin`: every message comes through the completion
 //! channel and the poller task). The default (50 µs of spinning, the receiver reaping inline) is
 //! what every other RDMA test runs. Each mode carries unary calls of several sizes, calls in
@@ -14,13 +14,13 @@ use rdma_rpc::rpc::{ConnectOptions, Connection, ConnectionConfig, Router, Server
 use rdma_rpc::transport::rdma::{PollMode, RdmaConfig};
 use rdma_rpc::transport::tcp::{TcpConfig, TcpListener};
 
-fn rdma_addr() -> Option<String> {
+/// The device's address; panics when no RDMA device is configured.
+fn rdma_addr() -> String {
     match (std::env::var("RDMA_TEST_DEVICE"), std::env::var("RDMA_TEST_ADDR")) {
-        (Ok(_), Ok(addr)) => Some(addr),
-        _ => {
-            eprintln!("SKIPPED: RDMA_TEST_DEVICE / RDMA_TEST_ADDR are unset (run scripts/rxe-test for real RDMA)");
-            None
-        }
+        (Ok(_), Ok(addr)) => addr,
+        _ => panic!(
+            "RDMA_TEST_DEVICE / RDMA_TEST_ADDR are unset: this test needs a real RDMA device (scripts/rxe-test runs it on soft-RoCE)"
+        ),
     }
 }
 
@@ -106,13 +106,15 @@ async fn calls_and_a_stream(addr: &str, poll: PollMode) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real RDMA device: scripts/rxe-test runs it on soft-RoCE"]
 async fn rdma_busy_polling_carries_calls_and_streams() {
-    let Some(addr) = rdma_addr() else { return };
+    let addr = rdma_addr();
     calls_and_a_stream(&addr, PollMode::BusyPoll).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real RDMA device: scripts/rxe-test runs it on soft-RoCE"]
 async fn rdma_without_spinning_carries_calls_and_streams() {
-    let Some(addr) = rdma_addr() else { return };
+    let addr = rdma_addr();
     calls_and_a_stream(&addr, PollMode::Adaptive(Duration::ZERO)).await;
 }
