@@ -1,7 +1,8 @@
 //! Protocol behaviour of the RPC layer on the in-memory transport pair, with tokio's clock paused:
 //! deadlines and keepalive run in virtual time, so these tests take milliseconds. (The same
 //! behaviours are tested over real TCP in `deadline_cancel.rs` and `liveness.rs`; the in-memory
-//! pair is never the evidence that a transport works.)
+//! pair is never the evidence that a transport works.) Also how the driver batches writes, which
+//! the in-memory sender counts.
 
 use std::time::Duration;
 
@@ -87,4 +88,42 @@ async fn a_call_timeout_is_enforced_in_virtual_time() {
     assert_eq!(status.code, Code::DeadlineExceeded);
     assert_eq!(started.elapsed().as_secs(), 30);
     peer.abort();
+}
+
+/// Many calls in flight on one connection share writes: when a batch of replies wakes many
+/// callers, their next requests leave together (the driver yields once before writing), not one
+/// write per call, which tokio's run-next scheduling of a woken task would otherwise cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn calls_woken_together_share_one_write() {
+    const TASKS: usize = 64;
+    const ROUNDS: usize = 40;
+    let (a, b) = mem::pair(4096);
+    let writes = a.write_counts();
+    let mut router = Router::default();
+    router.add(EchoService::server());
+    let mut server = Server::new(router, ConnectionConfig::default());
+    server.serve_connection(b);
+    let client = EchoClient::new(Client::connect(a, ConnectionConfig::default()).await.expect("handshake"));
+    let before = (writes.flushes(), writes.messages());
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let request = EchoRequest { payload: Bytes::from_static(b"ping") };
+                for _ in 0..ROUNDS {
+                    client.echo(&request).await.expect("echo");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("caller");
+    }
+    let (flushes, messages) = (writes.flushes() - before.0, writes.messages() - before.1);
+    let calls = (TASKS * ROUNDS) as u64;
+    assert!(messages >= calls, "every call sent its request: {messages} messages for {calls} calls");
+    // Without the batching: one write per call (2,500-2,560 measured). With it: one per 5-20
+    // calls (120-540 measured, the most on a loaded machine).
+    eprintln!("{flushes} writes carried {calls} calls");
+    assert!(flushes * 2 <= calls, "{flushes} writes carried {calls} calls");
 }

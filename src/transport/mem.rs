@@ -2,6 +2,9 @@
 //! paused clock, deadlines and keepalive run in virtual time). It is never evidence that TCP or
 //! RDMA work: those have their own tests over real sockets and real rxe devices.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
@@ -13,6 +16,27 @@ pub struct MemTransport {
     name: String,
     tx: mpsc::Sender<Bytes>,
     rx: mpsc::Receiver<Bytes>,
+    writes: Arc<WriteCounts>,
+}
+
+/// What one end's sender wrote: flushes that sent something (each would be one `writev` or one
+/// doorbell on a real transport), and the messages they sent. For tests of batching.
+#[derive(Debug, Default)]
+pub struct WriteCounts {
+    flushes: AtomicU64,
+    messages: AtomicU64,
+}
+
+impl WriteCounts {
+    /// Flushes that sent at least one message.
+    pub fn flushes(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
+    }
+
+    /// Messages sent.
+    pub fn messages(&self) -> u64 {
+        self.messages.load(Ordering::Relaxed)
+    }
 }
 
 /// A connected pair; `depth` messages may be in flight each way.
@@ -20,8 +44,8 @@ pub fn pair(depth: usize) -> (MemTransport, MemTransport) {
     let (a_tx, b_rx) = mpsc::channel(depth.max(1));
     let (b_tx, a_rx) = mpsc::channel(depth.max(1));
     (
-        MemTransport { name: "mem:a".into(), tx: a_tx, rx: a_rx },
-        MemTransport { name: "mem:b".into(), tx: b_tx, rx: b_rx },
+        MemTransport { name: "mem:a".into(), tx: a_tx, rx: a_rx, writes: Arc::default() },
+        MemTransport { name: "mem:b".into(), tx: b_tx, rx: b_rx, writes: Arc::default() },
     )
 }
 
@@ -29,6 +53,11 @@ impl MemTransport {
     /// Sends raw bytes as one message, bypassing framing: for tests that feed garbage.
     pub async fn send_raw(&self, message: Bytes) -> Result<(), TransportError> {
         self.tx.send(message).await.map_err(|_| TransportError::Closed)
+    }
+
+    /// What this end's sender writes, counted (shared: read it after the transport was split).
+    pub fn write_counts(&self) -> Arc<WriteCounts> {
+        self.writes.clone()
     }
 
     /// Receives one raw message, bypassing framing.
@@ -77,6 +106,7 @@ impl BufferAlloc for MemAlloc {
 pub struct MemSender {
     tx: Option<mpsc::Sender<Bytes>>,
     queue: std::collections::VecDeque<Bytes>,
+    writes: Arc<WriteCounts>,
 }
 
 impl FrameSender for MemSender {
@@ -97,9 +127,13 @@ impl FrameSender for MemSender {
     async fn flush(&mut self) -> Result<(), TransportError> {
         // Cancel-safe: a message leaves the queue only with the permit to send it.
         let tx = self.tx.as_ref().ok_or(TransportError::Closed)?;
+        if !self.queue.is_empty() {
+            self.writes.flushes.fetch_add(1, Ordering::Relaxed);
+        }
         while !self.queue.is_empty() {
             let permit = tx.reserve().await.map_err(|_| TransportError::Closed)?;
             permit.send(self.queue.pop_front().unwrap_or_default());
+            self.writes.messages.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -144,6 +178,7 @@ impl Transport for MemTransport {
     }
 
     fn split(self) -> (MemAlloc, MemSender, MemReceiver) {
-        (MemAlloc, MemSender { tx: Some(self.tx), queue: Default::default() }, MemReceiver { rx: self.rx })
+        let sender = MemSender { tx: Some(self.tx), queue: Default::default(), writes: self.writes };
+        (MemAlloc, sender, MemReceiver { rx: self.rx })
     }
 }
