@@ -118,19 +118,42 @@ impl ServiceGenerator for ServiceGen {
         let _ = writeln!(buf, "        match method {{");
         for m in &service.methods {
             let (p, method) = (path(m), &m.name);
-            let (helper, params, args) = match (m.client_streaming, m.server_streaming) {
-                (false, false) => ("serve_unary", "request, ctx", "request, ctx"),
-                (false, true) => ("serve_server_streaming", "request, responses, ctx", "request, responses, ctx"),
-                (true, false) => ("serve_client_streaming", "requests, ctx", "requests, ctx"),
-                (true, true) => ("serve_streaming", "requests, responses, ctx", "requests, responses, ctx"),
-            };
+            let (helper, params, args) = helper_of(m);
             let _ = writeln!(
                 buf,
                 "            \"{p}\" => Ok(::std::boxed::Box::pin(::rdma_rpc::rpc::{helper}(call, move |{params}| async move {{ service.{method}({args}).await }}))),"
             );
         }
         let _ = writeln!(buf, "            _ => {{ let _ = service; Err(call) }}");
+        let _ = writeln!(buf, "        }}\n    }}\n");
+        // The same handlers in reusable slots: no future is boxed per call.
+        let _ = writeln!(
+            buf,
+            "    fn slot(&self, method: &str) -> ::core::option::Option<::std::boxed::Box<dyn ::rdma_rpc::rpc::HandlerSlot>> {{"
+        );
+        let _ = writeln!(buf, "        let service = ::std::sync::Arc::clone(&self.0);");
+        let _ = writeln!(buf, "        match method {{");
+        for m in &service.methods {
+            let (p, method) = (path(m), &m.name);
+            let (helper, params, args) = helper_of(m);
+            let _ = writeln!(
+                buf,
+                "            \"{p}\" => Some(::rdma_rpc::rpc::handler_slot(move |call| {{ let service = ::std::sync::Arc::clone(&service); ::rdma_rpc::rpc::{helper}(call, move |{params}| async move {{ service.{method}({args}).await }}) }})),"
+            );
+        }
+        let _ = writeln!(buf, "            _ => {{ let _ = service; None }}");
         let _ = writeln!(buf, "        }}\n    }}\n}}\n");
+    }
+}
+
+/// The server helper a method's kind needs, with the handler closure's parameters and the
+/// arguments it passes on.
+fn helper_of(m: &Method) -> (&'static str, &'static str, &'static str) {
+    match (m.client_streaming, m.server_streaming) {
+        (false, false) => ("serve_unary", "request, ctx", "request, ctx"),
+        (false, true) => ("serve_server_streaming", "request, responses, ctx", "request, responses, ctx"),
+        (true, false) => ("serve_client_streaming", "requests, ctx", "requests, ctx"),
+        (true, true) => ("serve_streaming", "requests, responses, ctx", "requests, responses, ctx"),
     }
 }
 

@@ -28,15 +28,39 @@ async fn generated_unary_method_computes() {
 }
 
 /// A service whose handlers panic: "/t.Panic/Now" in its first poll (the driver polls a new
-/// handler once inline), "/t.Panic/Later" after it was given a task of its own.
+/// handler once inline), "/t.Panic/Later" after it was given a task of its own. The `Slot*`
+/// methods do the same from reusable handler slots (as generated services run), every other call
+/// to them answering normally: a panic in a slot ends that call only, and later calls still run.
 struct Panicking;
+
+/// Calls to the `Slot*` methods so far: odd ones panic.
+static SLOT_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 impl rdma_rpc::rpc::Service for Panicking {
     fn name(&self) -> &'static str {
         "t.Panic"
     }
     fn methods(&self) -> &'static [&'static str] {
-        &["/t.Panic/Now", "/t.Panic/Later"]
+        &["/t.Panic/Now", "/t.Panic/Later", "/t.Panic/SlotNow", "/t.Panic/SlotLater"]
+    }
+    fn slot(&self, method: &str) -> Option<Box<dyn rdma_rpc::rpc::HandlerSlot>> {
+        let later = match method {
+            "/t.Panic/SlotNow" => false,
+            "/t.Panic/SlotLater" => true,
+            _ => return None,
+        };
+        Some(rdma_rpc::rpc::handler_slot(move |call| async move {
+            let panics = SLOT_CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 2 == 1;
+            if later {
+                tokio::task::yield_now().await;
+            }
+            if panics {
+                panic!("test handler panics");
+            }
+            let (mut requests, _, _, finish) = call.into_parts::<EchoRequest, EchoRequest>();
+            let request = requests.message().await.ok().flatten().unwrap_or_default();
+            finish.result(Ok(request));
+        }))
     }
     fn call(
         &self,
@@ -71,6 +95,17 @@ async fn a_panicking_handler_ends_its_call_and_not_the_connection() {
     });
     let connection = rdma_rpc::transport::tcp::TcpConnection::connect(addr, Default::default()).await.expect("connect");
     let client = rdma_rpc::rpc::Client::connect(connection, Default::default()).await.expect("handshake");
+    // Slot methods alternate between answering and panicking (counted across both).
+    for method in ["/t.Panic/SlotNow", "/t.Panic/SlotLater", "/t.Panic/SlotNow", "/t.Panic/SlotNow"] {
+        let request = EchoRequest { payload: Bytes::from_static(b"slot") };
+        let result = client.unary::<EchoRequest, EchoRequest>(method, &request).await;
+        let calls = SLOT_CALLS.load(std::sync::atomic::Ordering::SeqCst);
+        if calls % 2 == 1 {
+            assert_eq!(result.expect(method).payload, request.payload, "{method}");
+        } else {
+            assert_eq!(result.expect_err(method).code, rdma_rpc::Code::Internal, "{method}");
+        }
+    }
     for method in ["/t.Panic/Now", "/t.Panic/Later", "/t.Panic/Now"] {
         let err = client.unary::<EchoRequest, EchoRequest>(method, &EchoRequest::default()).await.expect_err(method);
         assert_eq!(err.code, rdma_rpc::Code::Internal, "{method}: {err}");

@@ -14,8 +14,9 @@ use tracing::Instrument as _;
 
 use super::command::{BufCommand, CallCommand, CallEvent, MethodName, Outgoing};
 use super::events::{CallPool, EventSender};
+use super::handler::{SlotPool, Started};
 use super::now;
-use super::server::{HandlerFuture, RequestContext, Router, ServerCall};
+use super::server::{RequestContext, Router, ServerCall};
 use crate::session::{Event, IdMap, Role, Session};
 use crate::status::Status;
 use crate::transport::{ReplyAlloc, ReplyBody};
@@ -173,28 +174,39 @@ fn close_slot(slot: Slot, id: u64, status: Status) {
 /// A handler routed but not polled yet.
 pub(super) struct Fresh {
     id: u64,
-    future: HandlerFuture,
+    method: &'static str,
+    handler: Started,
     span: tracing::Span,
 }
 
 /// Polls a new handler once, inline, with the events dispatched so far already in its queue: a
 /// unary handler that answers at once (an echo) then needs no task, no wake-up and no hop back to
-/// the driver. One that is not done is spawned as before; its task polls it again at once, so
-/// the no-op waker of the inline poll is never the one it waits on. A panic ends the call as the
-/// spawned guard would.
-pub(super) fn run_fresh(handler: Fresh, slots: &mut IdMap<Slot>, ctl: &mpsc::UnboundedSender<CallCommand>) {
-    let Fresh { id, mut future, span } = handler;
+/// the driver, and its slot goes back to `pool` for the next call. One that is not done is
+/// spawned as before (taking its slot along); its task polls it again at once, so the no-op waker
+/// of the inline poll is never the one it waits on. A panic ends the call as the spawned guard
+/// would, and the slot it left in an unknown state is dropped.
+pub(super) fn run_fresh(
+    handler: Fresh,
+    slots: &mut IdMap<Slot>,
+    ctl: &mpsc::UnboundedSender<CallCommand>,
+    pool: &mut SlotPool,
+) {
+    let Fresh { id, method, mut handler, span } = handler;
     // Closed in the same pass (cancelled, connection failed): never started, as an aborted task.
     let Some(slot) = slots.get_mut(&id) else { return };
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    let polled =
-        span.in_scope(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.as_mut().poll(&mut cx))));
+    let polled = span.in_scope(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.poll(&mut cx))));
     match polled {
-        Ok(std::task::Poll::Ready(())) => {}
+        Ok(std::task::Poll::Ready(())) => {
+            if let Started::Slot(done) = handler {
+                pool.give(method, done);
+            }
+        }
         Ok(std::task::Poll::Pending) => {
             let panic_ctl = ctl.clone();
             let guarded = async move {
-                if std::panic::AssertUnwindSafe(future).catch_unwind().await.is_err() {
+                let running = std::future::poll_fn(move |cx| handler.poll(cx));
+                if std::panic::AssertUnwindSafe(running).catch_unwind().await.is_err() {
                     let status = Status::internal("the server's handler panicked");
                     let _ = panic_ctl.send(CallCommand::Finish { id, status });
                 }
@@ -225,6 +237,7 @@ pub(super) fn dispatch<B: crate::transport::SendBuffer>(
     slots: &mut IdMap<Slot>,
     serving: &Serving<'_>,
     fresh: &mut Vec<Fresh>,
+    pool: &mut SlotPool,
 ) {
     let Serving { router, ctl, peer, .. } = *serving;
     match event {
@@ -233,13 +246,13 @@ pub(super) fn dispatch<B: crate::transport::SendBuffer>(
             let ctx = RequestContext::new(header, peer.clone());
             let call = ServerCall::new(id, ctl.clone(), ctx, shared.clone(), serving.replies.clone());
             let routed = match router {
-                Some(router) => router.route(call),
+                Some(router) => router.route(call, pool),
                 None => Err(call),
             };
             match routed {
-                Ok((method, future)) => {
+                Ok((method, handler)) => {
                     let span = tracing::info_span!("rpc", method = %method, peer = %peer, call = id);
-                    fresh.push(Fresh { id, future, span });
+                    fresh.push(Fresh { id, method, handler, span });
                     let slot = Slot {
                         events: EventSender::new(shared),
                         acks: VecDeque::new(),

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::command::{BufCommand, CallCommand, CallShared, Outgoing};
 use super::dispatch::{Fresh, Serving, Slot, apply_buf, apply_ctl, dispatch, run_fresh};
+use super::handler::SlotPool;
 use super::now;
 use super::outbox::Outbox;
 use super::server::Router;
@@ -84,6 +85,8 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
     let mut slots: IdMap<Slot> = IdMap::default();
     // Handlers routed in this pass, polled once inline before any is given a task of its own.
     let mut fresh: Vec<Fresh> = Vec::new();
+    // Idle handler slots, reused call after call.
+    let mut pool = SlotPool::default();
     let sleep = tokio::time::sleep_until(now().into());
     tokio::pin!(sleep);
     let mut armed: Option<Instant> = None;
@@ -127,11 +130,11 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
                     Event::Closed { .. } if role == Role::Client => finished_since_write += 1,
                     _ => {}
                 }
-                dispatch(event, &mut session, &mut slots, &serving, &mut fresh);
+                dispatch(event, &mut session, &mut slots, &serving, &mut fresh, &mut pool);
             }
             if !fresh.is_empty() {
                 for handler in fresh.drain(..) {
-                    run_fresh(handler, &mut slots, &ctl_tx);
+                    run_fresh(handler, &mut slots, &ctl_tx, &mut pool);
                 }
                 // What they sent (a unary reply) goes out in this pass, not after another select.
                 // Only a server runs handlers, and a server has no buffer queue whose order the

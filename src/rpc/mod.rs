@@ -20,12 +20,14 @@ mod connect;
 mod dispatch;
 mod driver;
 mod events;
+mod handler;
 mod outbox;
 mod server;
 
 pub use call::{CallReceiver, CallSender, DataBuffer, Incoming, ResponseSender};
 pub use client::{CallOptions, Client};
 pub use connect::{ConnectOptions, Connection, connect};
+pub use handler::{HandlerSlot, handler_slot};
 pub use server::{
     Finisher, HandlerFuture, RequestContext, Router, Server, ServerCall, Service, serve_client_streaming,
     serve_server_streaming, serve_streaming, serve_unary,

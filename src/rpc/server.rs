@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use super::call::{CallReceiver, ResponseSender};
 use super::command::{CallCommand, CallRef, CallShared};
 use super::driver::{DriverSetup, drive};
+use super::handler::{SlotPool, Started};
 use super::{ConnectionConfig, now};
 use crate::pb::rpc as pb;
 use crate::session::Role;
@@ -36,6 +37,13 @@ pub trait Service: Send + Sync + 'static {
     /// Starts handling `call` to `method`, or gives the call back if the method is not served.
     #[allow(clippy::result_large_err)] // the call is handed back by value, not boxed per call
     fn call(&self, method: &str, call: ServerCall) -> Result<HandlerFuture, ServerCall>;
+    /// A reusable slot for `method`'s handlers (see [`handler_slot`](super::handler_slot)), or
+    /// None to have [`call`](Self::call) box a future per call. Generated services return one:
+    /// connections keep idle slots, so steady-state calls allocate no handler future.
+    fn slot(&self, method: &str) -> Option<Box<dyn super::HandlerSlot>> {
+        let _ = method;
+        None
+    }
 }
 
 /// What a handler knows about its call.
@@ -241,11 +249,15 @@ impl Router {
         self.services.push(Arc::new(service));
     }
 
-    /// Starts the handler of `call`'s method; also returns the router's own copy of the method's
-    /// path (so the driver can name the call without allocating). Gives the call back if no
-    /// service serves the method.
+    /// Starts the handler of `call`'s method, in a slot of `pool` when the service has them; also
+    /// returns the router's own copy of the method's path (so the driver can name the call without
+    /// allocating). Gives the call back if no service serves the method.
     #[allow(clippy::result_large_err)] // see Service::call
-    pub(crate) fn route(&self, mut call: ServerCall) -> Result<(&'static str, HandlerFuture), ServerCall> {
+    pub(crate) fn route(
+        &self,
+        mut call: ServerCall,
+        pool: &mut SlotPool,
+    ) -> Result<(&'static str, Started), ServerCall> {
         let found = self.methods.get_key_value(call.context().method.as_str());
         match found.and_then(|(&name, &i)| Some((name, self.services.get(i)?))) {
             Some((name, service)) => {
@@ -253,7 +265,7 @@ impl Router {
                 // whole receive buffer (a registered slot, over RDMA) for as long as the handler
                 // holds its context.
                 call.ctx.method = MethodPath(bytes::Bytes::from_static(name.as_bytes()));
-                service.call(name, call).map(|future| (name, future))
+                pool.start(name, service.as_ref(), call).map(|started| (name, started))
             }
             None => Err(call),
         }
