@@ -346,21 +346,26 @@ async fn measure_streams(
 ) -> Result<(), String> {
     let chunk = payload(CHUNK);
     let count = plan.stream_bytes / CHUNK;
-    report.streams.push((RPC_TCP, stream::rpc(rpc, chunk.clone(), count).await?));
-    if let Some(rdma) = rdma {
-        let count = plan.stream_bytes / RDMA_CHUNK;
-        report.streams.push((RPC_RDMA, stream::rpc(rdma, payload(RDMA_CHUNK), count).await?));
-    }
-    report.streams.push((RAW, stream::raw(&servers.raw_copy, chunk.clone(), count).await?));
-    report.streams.push((TONIC, stream::tonic(tonic, chunk.clone(), count).await?));
+    let rdma_count = plan.stream_bytes / RDMA_CHUNK;
+    let trials = if plan.quick { 1 } else { stream::TRIALS };
+    let (mut echo, mut one_way): (stream::Trials, stream::Trials) = Default::default();
+    for _ in 0..trials {
+        echo.add(RPC_TCP, stream::rpc(rpc, chunk.clone(), count).await?);
+        if let Some(rdma) = rdma {
+            echo.add(RPC_RDMA, stream::rpc(rdma, payload(RDMA_CHUNK), rdma_count).await?);
+        }
+        echo.add(RAW, stream::raw(&servers.raw_copy, chunk.clone(), count).await?);
+        echo.add(TONIC, stream::tonic(tonic, chunk.clone(), count).await?);
 
-    report.one_way.push((RPC_TCP, stream::rpc_one_way(rpc, chunk.clone(), count).await?));
-    if let Some(rdma) = rdma {
-        let count = plan.stream_bytes / RDMA_CHUNK;
-        report.one_way.push((RPC_RDMA, stream::rpc_one_way(rdma, payload(RDMA_CHUNK), count).await?));
+        one_way.add(RPC_TCP, stream::rpc_one_way(rpc, chunk.clone(), count).await?);
+        if let Some(rdma) = rdma {
+            one_way.add(RPC_RDMA, stream::rpc_one_way(rdma, payload(RDMA_CHUNK), rdma_count).await?);
+        }
+        one_way.add(RAW, stream::raw_one_way(&servers.raw_sink, chunk.clone(), count).await?);
+        one_way.add(TONIC, stream::tonic_one_way(tonic, chunk.clone(), count).await?);
     }
-    report.one_way.push((RAW, stream::raw_one_way(&servers.raw_sink, chunk.clone(), count).await?));
-    report.one_way.push((TONIC, stream::tonic_one_way(tonic, chunk, count).await?));
+    report.streams = echo.medians();
+    report.one_way = one_way.medians();
     Ok(())
 }
 

@@ -12,6 +12,8 @@
 //! rdma-rpc: `Echo/Sink` with DATA frames; tonic: `Echo/Sink` with one message per chunk; raw:
 //! a write loop into a read loop ([`raw_sink_stream`]). This is the figure to set next to
 //! perftest's `ib_write_bw`, which is one-way too.
+//!
+//! Every measurement runs [`TRIALS`] times, systems interleaved, and [`Trials`] keeps the median.
 
 use std::time::{Duration, Instant};
 
@@ -36,6 +38,34 @@ impl Throughput {
     /// Megabytes (10^6 bytes) per second each way.
     pub fn megabytes_per_sec(&self) -> f64 {
         self.bytes as f64 / self.elapsed.as_secs_f64().max(1e-9) / 1e6
+    }
+}
+
+/// Each stream measurement is repeated this many times, systems interleaved, and the median
+/// reported: single transfers on two shared cores swing by ±20 %.
+pub const TRIALS: usize = 3;
+
+/// Stream measurements by system, in the order first measured.
+#[derive(Default)]
+pub struct Trials(Vec<(&'static str, Vec<Throughput>)>);
+
+impl Trials {
+    pub fn add(&mut self, system: &'static str, measured: Throughput) {
+        match self.0.iter_mut().find(|(s, _)| *s == system) {
+            Some((_, all)) => all.push(measured),
+            None => self.0.push((system, vec![measured])),
+        }
+    }
+
+    /// The median trial of each system (by time taken).
+    pub fn medians(self) -> Vec<(&'static str, Throughput)> {
+        self.0
+            .into_iter()
+            .filter_map(|(system, mut all)| {
+                all.sort_by_key(|t| t.elapsed);
+                all.get(all.len() / 2).map(|median| (system, *median))
+            })
+            .collect()
     }
 }
 
