@@ -110,40 +110,54 @@ impl ServiceGenerator for ServiceGen {
         let _ = writeln!(buf, "    fn name(&self) -> &'static str {{ \"{full_name}\" }}\n");
         let paths: Vec<String> = service.methods.iter().map(|m| format!("\"{}\"", path(m))).collect();
         let _ = writeln!(buf, "    fn methods(&self) -> &'static [&'static str] {{ &[{}] }}\n", paths.join(", "));
-        let _ = writeln!(
+        write_method_match(
             buf,
-            "    fn call(&self, method: &str, call: ::rdma_rpc::rpc::ServerCall) -> ::core::result::Result<::rdma_rpc::rpc::HandlerFuture, ::rdma_rpc::rpc::ServerCall> {{"
+            &service.methods,
+            &path,
+            "call(&self, method: &str, call: ::rdma_rpc::rpc::ServerCall) -> ::core::result::Result<::rdma_rpc::rpc::HandlerFuture, ::rdma_rpc::rpc::ServerCall>",
+            |serve| format!("Ok(::std::boxed::Box::pin({serve}))"),
+            "Err(call)",
         );
-        let _ = writeln!(buf, "        let service = ::std::sync::Arc::clone(&self.0);");
-        let _ = writeln!(buf, "        match method {{");
-        for m in &service.methods {
-            let (p, method) = (path(m), &m.name);
-            let (helper, params, args) = helper_of(m);
-            let _ = writeln!(
-                buf,
-                "            \"{p}\" => Ok(::std::boxed::Box::pin(::rdma_rpc::rpc::{helper}(call, move |{params}| async move {{ service.{method}({args}).await }}))),"
-            );
-        }
-        let _ = writeln!(buf, "            _ => {{ let _ = service; Err(call) }}");
-        let _ = writeln!(buf, "        }}\n    }}\n");
         // The same handlers in reusable slots: no future is boxed per call.
-        let _ = writeln!(
+        write_method_match(
             buf,
-            "    fn slot(&self, method: &str) -> ::core::option::Option<::std::boxed::Box<dyn ::rdma_rpc::rpc::HandlerSlot>> {{"
+            &service.methods,
+            &path,
+            "slot(&self, method: &str) -> ::core::option::Option<::std::boxed::Box<dyn ::rdma_rpc::rpc::HandlerSlot>>",
+            |serve| {
+                format!(
+                    "Some(::rdma_rpc::rpc::handler_slot(move |call| {{ let service = ::std::sync::Arc::clone(&service); {serve} }}))"
+                )
+            },
+            "None",
         );
-        let _ = writeln!(buf, "        let service = ::std::sync::Arc::clone(&self.0);");
-        let _ = writeln!(buf, "        match method {{");
-        for m in &service.methods {
-            let (p, method) = (path(m), &m.name);
-            let (helper, params, args) = helper_of(m);
-            let _ = writeln!(
-                buf,
-                "            \"{p}\" => Some(::rdma_rpc::rpc::handler_slot(move |call| {{ let service = ::std::sync::Arc::clone(&service); ::rdma_rpc::rpc::{helper}(call, move |{params}| async move {{ service.{method}({args}).await }}) }})),"
-            );
-        }
-        let _ = writeln!(buf, "            _ => {{ let _ = service; None }}");
-        let _ = writeln!(buf, "        }}\n    }}\n}}\n");
+        let _ = writeln!(buf, "}}\n");
     }
+}
+
+/// Writes `fn {signature}` of a service adapter: a match on the method path with one arm per
+/// method, `arm` given the expression that serves the call (its server helper around the trait
+/// method), and `fallback` for any other path.
+fn write_method_match(
+    buf: &mut String,
+    methods: &[Method],
+    path: &dyn Fn(&Method) -> String,
+    signature: &str,
+    arm: impl Fn(&str) -> String,
+    fallback: &str,
+) {
+    let _ = writeln!(buf, "    fn {signature} {{");
+    let _ = writeln!(buf, "        let service = ::std::sync::Arc::clone(&self.0);");
+    let _ = writeln!(buf, "        match method {{");
+    for m in methods {
+        let (p, method) = (path(m), &m.name);
+        let (helper, params, args) = helper_of(m);
+        let serve =
+            format!("::rdma_rpc::rpc::{helper}(call, move |{params}| async move {{ service.{method}({args}).await }})");
+        let _ = writeln!(buf, "            \"{p}\" => {},", arm(&serve));
+    }
+    let _ = writeln!(buf, "            _ => {{ let _ = service; {fallback} }}");
+    let _ = writeln!(buf, "        }}\n    }}\n");
 }
 
 /// The server helper a method's kind needs, with the handler closure's parameters and the
