@@ -26,8 +26,7 @@ use crate::raw_frames::FrameBuf;
 /// floor an RPC round trip over TCP can be compared with.
 #[derive(Debug)]
 pub struct RawEchoServer {
-    addr: SocketAddr,
-    task: JoinHandle<()>,
+    server: Loopback,
     busy_poll: bool,
 }
 
@@ -42,35 +41,24 @@ impl RawEchoServer {
     /// [`BUSY_POLL_WINDOW`] after each message, as rdma-rpc's default `TcpConfig::busy_poll` does
     /// (the like-for-like baseline of its default row).
     pub async fn start_with(busy_poll: bool) -> io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    // A connection ends with its peer; errors only end that connection.
-                    let _ = raw_echo_connection(stream, busy_poll).await;
-                });
-            }
-        });
-        Ok(RawEchoServer { addr, task, busy_poll })
+        let server = Loopback::serve(move |stream| async move {
+            // A connection ends with its peer; errors only end that connection.
+            let _ = raw_echo_connection(stream, busy_poll).await;
+        })
+        .await?;
+        Ok(RawEchoServer { server, busy_poll })
     }
 
     /// The address the server listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr
     }
 
     /// A new connection to the server.
     pub async fn client(&self) -> io::Result<RawEchoClient> {
-        let stream = TcpStream::connect(self.addr).await?;
+        let stream = TcpStream::connect(self.server.addr).await?;
         stream.set_nodelay(true)?;
         Ok(RawEchoClient { stream, out: Vec::new(), back: FrameBuf::default(), busy_poll: self.busy_poll })
-    }
-}
-
-impl Drop for RawEchoServer {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -128,7 +116,7 @@ pub struct RawPipelinedClient {
 impl RawPipelinedClient {
     /// A new connection to `server`, with its writer and reader tasks in the current runtime.
     pub async fn connect(server: &RawEchoServer) -> io::Result<Self> {
-        let stream = TcpStream::connect(server.addr).await?;
+        let stream = TcpStream::connect(server.server.addr).await?;
         stream.set_nodelay(true)?;
         let (mut read, mut write) = stream.into_split();
         let (requests, mut queued) = mpsc::unbounded_channel::<Pending>();
@@ -199,51 +187,39 @@ impl RawPipelinedClient {
 /// buffer per connection.
 #[derive(Debug)]
 pub struct RawCopyServer {
-    addr: SocketAddr,
-    task: JoinHandle<()>,
+    server: Loopback,
 }
 
 impl RawCopyServer {
     /// Binds 127.0.0.1 on a free port and copies on every accepted connection.
     pub async fn start() -> io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let task = tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 1 << 20];
-                    loop {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => {
-                                if stream.write_all(&buf[..n]).await.is_err() {
-                                    return;
-                                }
-                            }
+        let server = Loopback::serve(|mut stream| async move {
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if stream.write_all(&buf[..n]).await.is_err() {
+                            return;
                         }
                     }
-                });
+                }
             }
-        });
-        Ok(RawCopyServer { addr, task })
+        })
+        .await?;
+        Ok(RawCopyServer { server })
     }
 
     /// The address the server listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-}
-
-impl Drop for RawCopyServer {
-    fn drop(&mut self) {
-        self.task.abort();
+        self.server.addr
     }
 }
 
 /// Writes `count` copies of `chunk` to a [`RawCopyServer`] while reading the copy back; returns
 /// when every byte came back. Bytes each way = `count × chunk.len()`.
 pub async fn raw_copy_stream(server: &RawCopyServer, chunk: Bytes, count: usize) -> io::Result<()> {
-    let stream = TcpStream::connect(server.addr).await?;
+    let stream = TcpStream::connect(server.server.addr).await?;
     stream.set_nodelay(true)?;
     let (mut read, mut write) = stream.into_split();
     let total = chunk.len() * count;
@@ -268,45 +244,33 @@ pub async fn raw_copy_stream(server: &RawCopyServer, chunk: Bytes, count: usize)
 /// read (8 bytes, big-endian) and closes. The one-way baseline ([`raw_sink_stream`]).
 #[derive(Debug)]
 pub struct RawSinkServer {
-    addr: SocketAddr,
-    task: JoinHandle<()>,
+    server: Loopback,
 }
 
 impl RawSinkServer {
     /// Binds 127.0.0.1 on a free port and sinks every accepted connection.
     pub async fn start() -> io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let task = tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 1 << 20];
-                    let mut received = 0u64;
-                    loop {
-                        match stream.read(&mut buf).await {
-                            Ok(0) => break,
-                            Ok(n) => received += n as u64,
-                            Err(_) => return,
-                        }
-                    }
-                    let _ = stream.write_all(&received.to_be_bytes()).await;
-                });
+        let server = Loopback::serve(|mut stream| async move {
+            let mut buf = vec![0u8; 1 << 20];
+            let mut received = 0u64;
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => received += n as u64,
+                    Err(_) => return,
+                }
             }
-        });
-        Ok(RawSinkServer { addr, task })
-    }
-}
-
-impl Drop for RawSinkServer {
-    fn drop(&mut self) {
-        self.task.abort();
+            let _ = stream.write_all(&received.to_be_bytes()).await;
+        })
+        .await?;
+        Ok(RawSinkServer { server })
     }
 }
 
 /// Writes `count` copies of `chunk` to a [`RawSinkServer`], half-closes, and waits for its count;
 /// fails unless every byte arrived.
 pub async fn raw_sink_stream(server: &RawSinkServer, chunk: Bytes, count: usize) -> io::Result<()> {
-    let mut stream = TcpStream::connect(server.addr).await?;
+    let mut stream = TcpStream::connect(server.server.addr).await?;
     stream.set_nodelay(true)?;
     for _ in 0..count {
         stream.write_all(&chunk).await?;
@@ -315,4 +279,35 @@ pub async fn raw_sink_stream(server: &RawSinkServer, chunk: Bytes, count: usize)
     let received = stream.read_u64().await?;
     let sent = (chunk.len() * count) as u64;
     if received == sent { Ok(()) } else { Err(io::Error::other(format!("the sink read {received} of {sent} bytes"))) }
+}
+
+/// A listener on 127.0.0.1 (a free port) that runs `serve` on every connection, each in a task of
+/// the current runtime. Dropping it stops accepting.
+#[derive(Debug)]
+struct Loopback {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Loopback {
+    async fn serve<F, Fut>(serve: F) -> io::Result<Loopback>
+    where
+        F: Fn(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve(stream));
+            }
+        });
+        Ok(Loopback { addr, task })
+    }
+}
+
+impl Drop for Loopback {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
