@@ -499,26 +499,9 @@ async fn rdma_stream_read_straight_into_registered_buffers() {
     let echo = EchoClient::new(rdma_client(&server).await);
     let content: Vec<u8> =
         (0..16 * 1024 * 1024 + 77).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 9) as u8).collect();
-    let (mut requests, mut replies) = echo.pipe().await.expect("open");
-    let producer = tokio::spawn({
-        let content = content.clone();
-        async move {
-            let mut source = std::io::Cursor::new(content);
-            loop {
-                // Registered memory: read(2)-style fill, then posted as is.
-                let mut buf = requests.data_buffer(100 * 1024).await.expect("registered buffer");
-                if buf.read_from(&mut source).expect("read") == 0 {
-                    break;
-                }
-                requests.send_data_buffer(buf).await.expect("send");
-            }
-            requests.finish().await.expect("finish");
-        }
-    });
-    let mut echoed = Vec::with_capacity(content.len());
-    while let Some(data) = replies.data().await.expect("stream") {
-        echoed.extend_from_slice(&data);
-    }
-    producer.await.expect("producer");
+    let (requests, replies) = echo.pipe().await.expect("open");
+    // Registered memory: read(2)-style fill, then posted as is.
+    let source = std::io::Cursor::new(content.clone());
+    let echoed = common::pipe_from_reader(requests, replies, source, 100 * 1024).await;
     assert!(echoed == content, "the stream came back different ({} of {} bytes)", echoed.len(), content.len());
 }

@@ -119,26 +119,9 @@ async fn a_file_streams_through_transport_buffers_it_was_read_into() {
     let content: Vec<u8> = (0..8 * 1024 * 1024 + 123).map(|i: u32| (i.wrapping_mul(7919) >> 5) as u8).collect();
     let path = std::env::temp_dir().join(format!("rdma-rpc-file-stream-{}", std::process::id()));
     std::fs::write(&path, &content).expect("write the source file");
-    let (mut requests, mut replies) = client.pipe().await.expect("open");
-    let producer = tokio::spawn({
-        let path = path.clone();
-        async move {
-            let mut file = std::fs::File::open(&path).expect("open");
-            loop {
-                let mut buf = requests.data_buffer(256 * 1024).await.expect("buffer");
-                if buf.read_from(&mut file).expect("read") == 0 {
-                    break;
-                }
-                requests.send_data_buffer(buf).await.expect("send");
-            }
-            requests.finish().await.expect("finish");
-        }
-    });
-    let mut echoed = Vec::with_capacity(content.len());
-    while let Some(data) = replies.data().await.expect("stream") {
-        echoed.extend_from_slice(&data);
-    }
-    producer.await.expect("producer");
+    let (requests, replies) = client.pipe().await.expect("open");
+    let file = std::fs::File::open(&path).expect("open");
+    let echoed = common::pipe_from_reader(requests, replies, file, 256 * 1024).await;
     let _ = std::fs::remove_file(&path);
     assert!(echoed == content, "the file came back different ({} of {} bytes)", echoed.len(), content.len());
 }

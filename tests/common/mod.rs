@@ -72,3 +72,36 @@ impl Drop for TestServer {
         }
     }
 }
+
+/// Streams everything `source` holds through a `Pipe` call (an echo of raw data) the way zero-copy
+/// senders do (read straight into transport buffers of `chunk` bytes, sent as they are), and
+/// returns what came back.
+pub async fn pipe_from_reader<T, Req, Res, R>(
+    mut requests: rdma_rpc::rpc::CallSender<T, Req>,
+    mut replies: rdma_rpc::rpc::CallReceiver<Res>,
+    mut source: R,
+    chunk: usize,
+) -> Vec<u8>
+where
+    T: rdma_rpc::transport::Transport,
+    Req: prost::Message + Send + 'static,
+    Res: prost::Message + Default,
+    R: std::io::Read + Send + 'static,
+{
+    let producer = tokio::spawn(async move {
+        loop {
+            let mut buf = requests.data_buffer(chunk).await.expect("transport buffer");
+            if buf.read_from(&mut source).expect("read") == 0 {
+                break;
+            }
+            requests.send_data_buffer(buf).await.expect("send");
+        }
+        requests.finish().await.expect("finish");
+    });
+    let mut echoed = Vec::new();
+    while let Some(data) = replies.data().await.expect("stream") {
+        echoed.extend_from_slice(&data);
+    }
+    producer.await.expect("producer");
+    echoed
+}
