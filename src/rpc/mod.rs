@@ -8,9 +8,9 @@
 //! - Handlers and callers exchange messages through [`CallReceiver`], [`CallSender`] and
 //!   [`ResponseSender`]; raw stream data (bulk bytes) goes through their `*_data` methods.
 //!
-//! Each connection's driver (`driver.rs`) is a thin async shell around the IO-free session; a
-//! writer task owns the transport's sending half. Calls get tracing spans with method, peer,
-//! duration and bytes.
+//! Each connection's driver (`driver.rs`) is a thin async shell around the IO-free session; it
+//! also writes, through its `Outbox`. Server handlers run in reusable [`HandlerSlot`]s
+//! (`handler.rs`). Calls get tracing spans with method, peer, duration and bytes.
 
 mod call;
 mod client;

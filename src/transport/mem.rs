@@ -28,7 +28,7 @@ pub struct WriteCounts {
 }
 
 impl WriteCounts {
-    /// Flushes that sent at least one message.
+    /// Flushes that found messages queued.
     pub fn flushes(&self) -> u64 {
         self.flushes.load(Ordering::Relaxed)
     }
