@@ -10,11 +10,12 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes};
 use prost::Message;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::client::Client;
 use super::codec;
 use super::command::{BufCommand, CallCommand, CallEvent, CallRef};
+use super::mailbox::Ctl;
 use crate::status::Status;
 use crate::transport::ReplyAlloc;
 use crate::transport::{SendBuffer, Transport};
@@ -33,7 +34,7 @@ pub enum Incoming {
 #[derive(Debug)]
 pub(crate) struct CancelGuard {
     pub(crate) id: u64,
-    pub(crate) ctl: mpsc::UnboundedSender<CallCommand>,
+    pub(crate) ctl: Ctl,
 }
 
 impl Drop for CancelGuard {
@@ -47,7 +48,7 @@ impl Drop for CancelGuard {
 #[derive(Debug)]
 pub struct CallReceiver<M> {
     id: u64,
-    ctl: mpsc::UnboundedSender<CallCommand>,
+    ctl: Ctl,
     shared: CallRef,
     guard: Option<CancelGuard>,
     done: bool,
@@ -55,12 +56,7 @@ pub struct CallReceiver<M> {
 }
 
 impl<M: Message + Default> CallReceiver<M> {
-    pub(crate) fn new(
-        id: u64,
-        ctl: mpsc::UnboundedSender<CallCommand>,
-        shared: CallRef,
-        guard: Option<CancelGuard>,
-    ) -> Self {
+    pub(crate) fn new(id: u64, ctl: Ctl, shared: CallRef, guard: Option<CancelGuard>) -> Self {
         CallReceiver { id, ctl, shared, guard, done: false, _message: PhantomData }
     }
 
@@ -146,7 +142,7 @@ impl<M: Message + Default> CallReceiver<M> {
 #[derive(Debug)]
 struct HalfClose {
     id: u64,
-    ctl: mpsc::UnboundedSender<CallCommand>,
+    ctl: Ctl,
     armed: bool,
 }
 
@@ -230,8 +226,8 @@ impl<T: Transport, M: Message> CallSender<T, M> {
     /// Ends the request stream and waits until everything sent passed flow control.
     pub async fn finish(mut self) -> Result<(), Status> {
         self.half_close.armed = false;
-        // The last frame may still sit in the other command queue: the half-close goes once the
-        // session holds it, so it cannot overtake it.
+        // Returns once the last frame passed flow control, as documented; the half-close queues
+        // behind it in the mailbox either way.
         self.wait_previous().await?;
         let _ = self.client.ctl().send(CallCommand::End { id: self.id });
         Ok(())
@@ -312,7 +308,7 @@ impl<B: SendBuffer> DataBuffer<B> {
 #[derive(Debug)]
 pub struct ResponseSender<M> {
     id: u64,
-    ctl: mpsc::UnboundedSender<CallCommand>,
+    ctl: Ctl,
     shared: CallRef,
     replies: Arc<ReplyAlloc>,
     last_ack: Option<oneshot::Receiver<()>>,
@@ -320,12 +316,7 @@ pub struct ResponseSender<M> {
 }
 
 impl<M: Message> ResponseSender<M> {
-    pub(crate) fn new(
-        id: u64,
-        ctl: mpsc::UnboundedSender<CallCommand>,
-        shared: CallRef,
-        replies: Arc<ReplyAlloc>,
-    ) -> Self {
+    pub(crate) fn new(id: u64, ctl: Ctl, shared: CallRef, replies: Arc<ReplyAlloc>) -> Self {
         ResponseSender { id, ctl, shared, replies, last_ack: None, _message: PhantomData }
     }
 

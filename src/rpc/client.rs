@@ -7,13 +7,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prost::Message;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use super::call::{CallReceiver, CallSender, CancelGuard};
 use super::codec;
-use super::command::{BufCommand, CallCommand, CallShared, MethodName};
+use super::command::{BufCommand, CallShared, MethodName};
 use super::driver::{DriverSetup, drive};
 use super::events::{CallPool, CallRef};
+use super::mailbox::{Command, Ctl, Mailbox};
 use super::{ConnectError, ConnectionConfig};
 use crate::pb::rpc as pb;
 use crate::session::Role;
@@ -30,8 +31,8 @@ pub struct CallOptions {
 }
 
 struct Shared<T: Transport> {
-    buf_tx: mpsc::UnboundedSender<BufCommand<T::Buf>>,
-    ctl_tx: mpsc::UnboundedSender<CallCommand>,
+    mailbox: Arc<Mailbox<T::Buf>>,
+    ctl: Ctl,
     alloc: T::Alloc,
     next_id: AtomicU64,
     peer: String,
@@ -43,6 +44,13 @@ struct Shared<T: Transport> {
     shutdown: watch::Sender<bool>,
     driver: std::sync::Mutex<Option<tokio::task::JoinHandle<Status>>>,
     max_message: usize,
+}
+
+impl<T: Transport> Drop for Shared<T> {
+    fn drop(&mut self) {
+        // The last handle is gone: the driver finishes what is open, then closes.
+        let _ = self.mailbox.push(Command::HandlesGone);
+    }
 }
 
 /// A connection to a server. Clone it freely: clones share the connection. The connection
@@ -74,8 +82,7 @@ impl<T: Transport> Client<T> {
         let name = transport.capabilities().name;
         let own_max_frame = config.session.max_frame_size;
         let (alloc, sender, receiver) = transport.split();
-        let (buf_tx, buf_rx) = mpsc::unbounded_channel();
-        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+        let mailbox = Mailbox::new();
         let (ready_tx, ready_rx) = oneshot::channel();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let closed = Arc::new(CallShared::default());
@@ -86,9 +93,7 @@ impl<T: Transport> Client<T> {
             peer: peer.as_str().into(),
             role: Role::Client,
             config: config.session,
-            buf_rx: Some(buf_rx),
-            ctl_tx: ctl_tx.clone(),
-            ctl_rx,
+            mailbox: mailbox.clone(),
             router: None,
             ready: Some(ready_tx),
             shutdown: shutdown_rx,
@@ -104,8 +109,8 @@ impl<T: Transport> Client<T> {
             own_max_frame.min(peer_settings.max_frame_size as usize).saturating_sub(crate::wire::HEADER_LEN);
         let shared = Shared {
             max_message,
-            buf_tx,
-            ctl_tx,
+            ctl: Ctl::new(&mailbox),
+            mailbox,
             alloc,
             next_id: AtomicU64::new(1),
             peer,
@@ -222,8 +227,8 @@ impl<T: Transport> Client<T> {
             events: super::events::EventSender::new(shared.clone()),
         };
         self.send_buf(open).map_err(|_| self.closed())?;
-        let guard = CancelGuard { id, ctl: self.shared.ctl_tx.clone() };
-        let receiver = CallReceiver::new(id, self.shared.ctl_tx.clone(), shared.clone(), Some(guard));
+        let guard = CancelGuard { id, ctl: self.shared.ctl.clone() };
+        let receiver = CallReceiver::new(id, self.shared.ctl.clone(), shared.clone(), Some(guard));
         Ok((receiver, shared))
     }
 
@@ -231,12 +236,12 @@ impl<T: Transport> Client<T> {
         &self.shared.alloc
     }
 
-    pub(crate) fn ctl(&self) -> &mpsc::UnboundedSender<CallCommand> {
-        &self.shared.ctl_tx
+    pub(crate) fn ctl(&self) -> &Ctl {
+        &self.shared.ctl
     }
 
     pub(crate) fn send_buf(&self, cmd: BufCommand<T::Buf>) -> Result<(), ()> {
-        self.shared.buf_tx.send(cmd).map_err(|_| ())
+        self.shared.mailbox.push(Command::Buf(cmd)).map_err(|_| ())
     }
 
     fn closed(&self) -> Status {

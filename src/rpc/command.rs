@@ -1,11 +1,10 @@
 //! What call handles tell their connection's driver (what it tells them is in `events.rs`).
 //!
-//! Two queues run from handles to the driver: one carries bodies encoded into the transport's own
-//! buffers (generic over the buffer type: client calls), the other everything else (raw `Bytes`
-//! payloads, half-close, cancellation, credit). Order across the two queues: the driver applies
-//! everything the buffer queue holds before each control command (so a stream's End or cancel
-//! cannot overtake its Open or last message), and a handle that follows a control command with a
-//! buffer waits until the first reached the session (its ack).
+//! Handles queue them in the connection's mailbox (`mailbox.rs`): commands carrying a body
+//! encoded into the transport's own buffers (client calls) and everything else (raw `Bytes`
+//! payloads, replies, half-close, cancellation, credit) share one queue, so the driver applies
+//! them in the order they were sent: a stream's End or cancel cannot overtake its Open or last
+//! message.
 
 use std::sync::Arc;
 use std::time::Duration;

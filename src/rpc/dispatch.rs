@@ -9,12 +9,13 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use futures_util::FutureExt as _;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::Instrument as _;
 
 use super::command::{BufCommand, CallCommand, CallEvent, MethodName, Outgoing};
 use super::events::{CallPool, EventSender};
 use super::handler::{SlotPool, Started};
+use super::mailbox::Ctl;
 use super::now;
 use super::server::{RequestContext, Router, ServerCall};
 use crate::session::{Event, IdMap, Role, Session};
@@ -185,12 +186,7 @@ pub(super) struct Fresh {
 /// spawned as before (taking its slot along); its task polls it again at once, so the no-op waker
 /// of the inline poll is never the one it waits on. A panic ends the call as the spawned guard
 /// would, and the slot it left in an unknown state is dropped.
-pub(super) fn run_fresh(
-    handler: Fresh,
-    slots: &mut IdMap<Slot>,
-    ctl: &mpsc::UnboundedSender<CallCommand>,
-    pool: &mut SlotPool,
-) {
+pub(super) fn run_fresh(handler: Fresh, slots: &mut IdMap<Slot>, ctl: &Ctl, pool: &mut SlotPool) {
     let Fresh { id, method, mut handler, span } = handler;
     // Closed in the same pass (cancelled, connection failed): never started, as an aborted task.
     let Some(slot) = slots.get_mut(&id) else { return };
@@ -223,7 +219,7 @@ pub(super) fn run_fresh(
 /// What dispatching needs to start server calls.
 pub(super) struct Serving<'a> {
     pub(super) router: Option<&'a Router>,
-    pub(super) ctl: &'a mpsc::UnboundedSender<CallCommand>,
+    pub(super) ctl: &'a Ctl,
     pub(super) peer: &'a Arc<str>,
     /// Where unary replies are encoded (the transport's own memory, or a heap pool).
     pub(super) replies: Arc<ReplyAlloc>,

@@ -10,11 +10,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::FutureExt as _;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
-use super::command::{BufCommand, CallCommand, CallShared, Outgoing};
+use super::command::{CallShared, Outgoing};
 use super::dispatch::{Fresh, Serving, Slot, apply_buf, apply_ctl, dispatch, run_fresh};
 use super::handler::SlotPool;
+use super::mailbox::{Command, Ctl, Mailbox};
 use super::now;
 use super::outbox::Outbox;
 use super::server::Router;
@@ -39,9 +40,8 @@ pub(crate) struct DriverSetup<T: Transport> {
     pub(crate) peer: Arc<str>,
     pub(crate) role: Role,
     pub(crate) config: SessionConfig,
-    pub(crate) buf_rx: Option<mpsc::UnboundedReceiver<BufCommand<T::Buf>>>,
-    pub(crate) ctl_tx: mpsc::UnboundedSender<CallCommand>,
-    pub(crate) ctl_rx: mpsc::UnboundedReceiver<CallCommand>,
+    /// What call handles tell the driver.
+    pub(crate) mailbox: Arc<Mailbox<T::Buf>>,
     pub(crate) router: Option<Arc<Router>>,
     /// Told the peer's SETTINGS once the handshake finished, or why it failed.
     pub(crate) ready: Option<oneshot::Sender<Result<pb::Settings, Status>>>,
@@ -60,9 +60,7 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
         peer,
         role,
         config,
-        mut buf_rx,
-        ctl_tx,
-        mut ctl_rx,
+        mailbox,
         router,
         mut ready,
         mut shutdown,
@@ -70,9 +68,10 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
     } = setup;
     let limits = WireLimits { max_frame_size: config.max_frame_size };
     // What starting a server call needs; replies are encoded in the transport's own send memory.
+    let ctl = Ctl::new(&mailbox);
     let serving = Serving {
         router: router.as_deref(),
-        ctl: &ctl_tx,
+        ctl: &ctl,
         peer: &peer,
         replies: Arc::new(crate::transport::BufferAlloc::reply_alloc(&alloc)),
         calls: super::events::CallPool::default(),
@@ -134,16 +133,10 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
             }
             if !fresh.is_empty() {
                 for handler in fresh.drain(..) {
-                    run_fresh(handler, &mut slots, &ctl_tx, &mut pool);
+                    run_fresh(handler, &mut slots, &ctl, &mut pool);
                 }
                 // What they sent (a unary reply) goes out in this pass, not after another select.
-                // Only a server runs handlers, and a server has no buffer queue whose order the
-                // control queue would have to keep.
-                if buf_rx.is_none() {
-                    while let Ok(cmd) = ctl_rx.try_recv() {
-                        apply_ctl(cmd, &mut session, &mut slots);
-                    }
-                }
+                take_commands(&mailbox, &mut session, &mut slots);
                 progressed = true;
             }
             if !progressed {
@@ -153,14 +146,14 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
         if session.is_closed() {
             break;
         }
-        if finished_since_write > 1 && outbox.wants_drive() && buf_rx.is_some() {
+        if finished_since_write > 1 && outbox.wants_drive() && role == Role::Client {
             // Several callers were woken and the first has queued its next call. Writing now would
             // send that one alone: with one worker thread, its wake-up ran this task right after
-            // it. Stepping aside once lets the others queue theirs (the buffer queue does not wake
-            // this task meanwhile: nothing polls it), and one write carries them all.
+            // it. Stepping aside once lets the others queue theirs (the mailbox does not wake this
+            // task meanwhile: it is not armed), and one write carries them all.
             finished_since_write = 0;
             tokio::task::yield_now().await;
-            apply_buf_queued(&mut buf_rx, &mut session, &mut slots);
+            take_commands(&mailbox, &mut session, &mut slots);
             continue;
         }
         // Re-arming the timer costs about as much as a session step: only when the deadline moved.
@@ -181,35 +174,8 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
                     session.handle_error(Status::unavailable(format!("send failed: {err}")));
                 }
             }
-            cmd = recv_opt(&mut buf_rx) => match cmd {
-                Some(cmd) => {
-                    apply_buf(cmd, &mut session, &mut slots);
-                    // Whatever else is queued joins this pass (one flush for the batch).
-                    if let Some(rx) = buf_rx.as_mut() {
-                        for _ in 1..BATCH {
-                            let Ok(cmd) = rx.try_recv() else { break };
-                            apply_buf(cmd, &mut session, &mut slots);
-                        }
-                    }
-                }
-                None => {
-                    // Every client handle is gone: finish what is open, then close.
-                    buf_rx = None;
-                    session.shutdown(Status::ok());
-                }
-            },
-            Some(cmd) = ctl_rx.recv() => {
-                // A client's handles also queue buffers, and a command here may follow one there
-                // (a stream's End or cancel right after its Open): whatever the buffer queue held
-                // when this command was sent is visible now, and goes first.
-                apply_buf_queued(&mut buf_rx, &mut session, &mut slots);
-                apply_ctl(cmd, &mut session, &mut slots);
-                for _ in 1..BATCH {
-                    let Ok(cmd) = ctl_rx.try_recv() else { break };
-                    apply_buf_queued(&mut buf_rx, &mut session, &mut slots);
-                    apply_ctl(cmd, &mut session, &mut slots);
-                }
-            }
+            // Whatever is queued joins this pass (one flush for the batch).
+            () = mailbox.ready() => take_commands(&mailbox, &mut session, &mut slots),
             msg = receiver.recv() => {
                 let now = now();
                 let mut bytes = received_len(&msg);
@@ -263,6 +229,8 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
         let _ = ready.send(Err(final_status.clone()));
     }
     let _ = closed.status.set(final_status.clone());
+    // Commands still queued, or pushed from now on, are dropped: their calls end.
+    mailbox.close();
     tracing::debug!(%peer, status = %final_status, "connection closed");
     final_status
 }
@@ -322,24 +290,19 @@ fn ack_transmit<B>(transmit: &Transmit<B>, slots: &mut IdMap<Slot>) {
     }
 }
 
-/// Applies every buffer command queued so far, so that a control command sent after them cannot
-/// overtake them. The channel's ordering makes this exact: receiving the control command makes
-/// every send that happened before it visible to `try_recv`.
-fn apply_buf_queued<B: crate::transport::SendBuffer>(
-    buf_rx: &mut Option<mpsc::UnboundedReceiver<BufCommand<B>>>,
+/// Applies up to [`BATCH`] queued commands, in the order they were queued.
+fn take_commands<B: crate::transport::SendBuffer>(
+    mailbox: &Mailbox<B>,
     session: &mut Session<Outgoing<B>>,
     slots: &mut IdMap<Slot>,
 ) {
-    if let Some(rx) = buf_rx.as_mut() {
-        while let Ok(cmd) = rx.try_recv() {
-            apply_buf(cmd, session, slots);
+    for _ in 0..BATCH {
+        match mailbox.pop() {
+            Some(Command::Buf(cmd)) => apply_buf(cmd, session, slots),
+            Some(Command::Ctl(cmd)) => apply_ctl(cmd, session, slots),
+            // Every client handle is gone: finish what is open, then close.
+            Some(Command::HandlesGone) => session.shutdown(Status::ok()),
+            None => break,
         }
-    }
-}
-
-async fn recv_opt<C>(rx: &mut Option<mpsc::UnboundedReceiver<C>>) -> Option<C> {
-    match rx {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
     }
 }

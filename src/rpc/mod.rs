@@ -21,6 +21,7 @@ mod dispatch;
 mod driver;
 mod events;
 mod handler;
+mod mailbox;
 mod outbox;
 mod server;
 

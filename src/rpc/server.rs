@@ -16,6 +16,7 @@ use super::call::{CallReceiver, ResponseSender};
 use super::command::{CallCommand, CallRef, CallShared};
 use super::driver::{DriverSetup, drive};
 use super::handler::{SlotPool, Started};
+use super::mailbox::{Ctl, Mailbox};
 use super::{ConnectionConfig, now};
 use crate::pb::rpc as pb;
 use crate::session::Role;
@@ -108,20 +109,14 @@ impl RequestContext {
 #[derive(Debug)]
 pub struct ServerCall {
     id: u64,
-    ctl: mpsc::UnboundedSender<CallCommand>,
+    ctl: Ctl,
     ctx: RequestContext,
     shared: CallRef,
     replies: Arc<ReplyAlloc>,
 }
 
 impl ServerCall {
-    pub(crate) fn new(
-        id: u64,
-        ctl: mpsc::UnboundedSender<CallCommand>,
-        ctx: RequestContext,
-        shared: CallRef,
-        replies: Arc<ReplyAlloc>,
-    ) -> Self {
+    pub(crate) fn new(id: u64, ctl: Ctl, ctx: RequestContext, shared: CallRef, replies: Arc<ReplyAlloc>) -> Self {
         ServerCall { id, ctl, ctx, shared, replies }
     }
 
@@ -145,7 +140,7 @@ impl ServerCall {
 #[derive(Debug)]
 pub struct Finisher {
     id: u64,
-    ctl: mpsc::UnboundedSender<CallCommand>,
+    ctl: Ctl,
     replies: Arc<ReplyAlloc>,
 }
 
@@ -298,7 +293,6 @@ impl Server {
         let peer: Arc<str> = transport.peer().into();
         let config = self.config.fitted_to(&transport.capabilities());
         let (alloc, sender, receiver) = transport.split();
-        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         let setup = DriverSetup::<T> {
             alloc,
             sender,
@@ -306,9 +300,7 @@ impl Server {
             peer,
             role: Role::Server,
             config: config.session,
-            buf_rx: None,
-            ctl_tx,
-            ctl_rx,
+            mailbox: Mailbox::new(),
             router: Some(self.router.clone()),
             ready: None,
             shutdown: self.shutdown.subscribe(),
