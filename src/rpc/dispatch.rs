@@ -43,14 +43,15 @@ pub(super) fn apply_buf<B: crate::transport::SendBuffer>(
     match cmd {
         BufCommand::Open { id, method, timeout, body, has_message, end, events } => {
             let len = body.len() as u64;
-            match session.open_call(now(), id, timeout, Outgoing::Buf(body), has_message, end) {
+            let started = now();
+            match session.open_call(started, id, timeout, Outgoing::Buf(body), has_message, end) {
                 Ok(()) => {
                     let slot = Slot {
                         events,
                         acks: VecDeque::new(),
                         handler: None,
                         method,
-                        started: now(),
+                        started,
                         bytes_in: 0,
                         bytes_out: len,
                     };

@@ -156,9 +156,11 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
             take_commands(&mailbox, &mut session, &mut slots);
             continue;
         }
-        // Re-arming the timer costs about as much as a session step: only when the deadline moved.
+        // Re-arming the timer costs about as much as a session step, and the keepalive deadline
+        // moves with every frame heard: re-arm only when the deadline came closer. A timer that
+        // fires early wakes the driver once for nothing (the session then finds nothing due).
         if let Some(at) = session.poll_timeout()
-            && armed != Some(at)
+            && armed.is_none_or(|armed| at < armed)
         {
             sleep.as_mut().reset(at.into());
             armed = Some(at);
