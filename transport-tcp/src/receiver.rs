@@ -126,6 +126,10 @@ impl TcpReceiver {
     /// any IO: lets a caller drain a batch that arrived in one read before
     /// awaiting [`recv`](Self::recv) again.
     pub fn try_recv(&mut self) -> Result<Option<Bytes>, TcpError> {
+        // Nothing is reserved for a partial message here: `recv` makes that room (see there).
+        if self.deframer.bytes_needed(&self.buf) > 0 {
+            return Ok(None);
+        }
         self.deframer.decode(&mut self.buf)
     }
 
