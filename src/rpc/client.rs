@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prost::Message;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use super::call::{CallReceiver, CallSender, CancelGuard};
 use super::codec;
@@ -41,7 +41,6 @@ struct Shared<T: Transport> {
     closed: Arc<CallShared>,
     /// Call states for reuse.
     calls: CallPool,
-    shutdown: watch::Sender<bool>,
     driver: std::sync::Mutex<Option<tokio::task::JoinHandle<Status>>>,
     max_message: usize,
 }
@@ -84,7 +83,6 @@ impl<T: Transport> Client<T> {
         let (alloc, sender, receiver) = transport.split();
         let mailbox = Mailbox::new();
         let (ready_tx, ready_rx) = oneshot::channel();
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let closed = Arc::new(CallShared::default());
         let setup = DriverSetup::<T> {
             alloc: alloc.clone(),
@@ -96,7 +94,6 @@ impl<T: Transport> Client<T> {
             mailbox: mailbox.clone(),
             router: None,
             ready: Some(ready_tx),
-            shutdown: shutdown_rx,
             closed: closed.clone(),
         };
         let driver = tokio::spawn(drive(setup));
@@ -118,7 +115,6 @@ impl<T: Transport> Client<T> {
             peer_settings,
             closed,
             calls: CallPool::default(),
-            shutdown: shutdown_tx,
             driver: std::sync::Mutex::new(Some(driver)),
         };
         Ok(Client { shared: Arc::new(shared), options: Arc::new(CallOptions::default()) })
@@ -162,7 +158,7 @@ impl<T: Transport> Client<T> {
     /// Closes the connection gracefully for every clone: GOAWAY, calls in flight finish, then the
     /// transport closes. Returns how the connection ended.
     pub async fn close(&self) -> Status {
-        let _ = self.shared.shutdown.send(true);
+        let _ = self.shared.mailbox.push(Command::Shutdown);
         let driver = self.shared.driver.lock().ok().and_then(|mut d| d.take());
         match driver {
             Some(driver) => driver.await.unwrap_or_else(|err| Status::internal(format!("driver task failed: {err}"))),

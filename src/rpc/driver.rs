@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::FutureExt as _;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use super::command::{CallShared, Outgoing};
 use super::dispatch::{Fresh, Serving, Slot, apply_buf, apply_ctl, dispatch, run_fresh};
@@ -45,27 +45,13 @@ pub(crate) struct DriverSetup<T: Transport> {
     pub(crate) router: Option<Arc<Router>>,
     /// Told the peer's SETTINGS once the handshake finished, or why it failed.
     pub(crate) ready: Option<oneshot::Sender<Result<pb::Settings, Status>>>,
-    /// Set to true to start a graceful shutdown.
-    pub(crate) shutdown: watch::Receiver<bool>,
     /// Where the connection's final status is published.
     pub(crate) closed: Arc<CallShared>,
 }
 
 /// Runs a connection to its end. Returns how it ended.
 pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
-    let DriverSetup {
-        alloc,
-        sender,
-        mut receiver,
-        peer,
-        role,
-        config,
-        mailbox,
-        router,
-        mut ready,
-        mut shutdown,
-        closed,
-    } = setup;
+    let DriverSetup { alloc, sender, mut receiver, peer, role, config, mailbox, router, mut ready, closed } = setup;
     let limits = WireLimits { max_frame_size: config.max_frame_size };
     // What starting a server call needs; replies are encoded in the transport's own send memory.
     let ctl = Ctl::new(&mailbox);
@@ -90,11 +76,6 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
     tokio::pin!(sleep);
     let mut armed: Option<Instant> = None;
     let mut send_failed = false;
-    // One future for the whole connection: a fresh `changed()` per pass would join and leave the
-    // watch's waiter list every time.
-    let stop = shutdown.wait_for(|stop| *stop);
-    tokio::pin!(stop);
-    let mut stopping = false;
     let mut final_status = Status::ok();
     // Client calls this driver finished since it last wrote: their callers are runnable now, and
     // usually call again at once.
@@ -136,7 +117,7 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
                     run_fresh(handler, &mut slots, &ctl, &mut pool);
                 }
                 // What they sent (a unary reply) goes out in this pass, not after another select.
-                take_commands(&mailbox, &mut session, &mut slots);
+                take_commands(&mailbox, role, &mut session, &mut slots);
                 progressed = true;
             }
             if !progressed {
@@ -153,7 +134,7 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
             // task meanwhile: it is not armed), and one write carries them all.
             finished_since_write = 0;
             tokio::task::yield_now().await;
-            take_commands(&mailbox, &mut session, &mut slots);
+            take_commands(&mailbox, role, &mut session, &mut slots);
             continue;
         }
         // Re-arming the timer costs about as much as a session step, and the keepalive deadline
@@ -177,7 +158,7 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
                 }
             }
             // Whatever is queued joins this pass (one flush for the batch).
-            () = mailbox.ready() => take_commands(&mailbox, &mut session, &mut slots),
+            () = mailbox.ready() => take_commands(&mailbox, role, &mut session, &mut slots),
             msg = receiver.recv() => {
                 let now = now();
                 let mut bytes = received_len(&msg);
@@ -195,15 +176,6 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
             _ = &mut sleep => {
                 armed = None;
                 session.handle_timeout(now());
-            }
-            // Set to true, or its sender gone: either way the connection winds down.
-            _ = &mut stop, if !stopping => {
-                stopping = true;
-                let reason = match role {
-                    Role::Server => "server shutting down",
-                    Role::Client => "client closing the connection",
-                };
-                session.shutdown(Status::unavailable(reason));
             }
         }
     }
@@ -295,6 +267,7 @@ fn ack_transmit<B>(transmit: &Transmit<B>, slots: &mut IdMap<Slot>) {
 /// Applies up to [`BATCH`] queued commands, in the order they were queued.
 fn take_commands<B: crate::transport::SendBuffer>(
     mailbox: &Mailbox<B>,
+    role: Role,
     session: &mut Session<Outgoing<B>>,
     slots: &mut IdMap<Slot>,
 ) {
@@ -304,6 +277,13 @@ fn take_commands<B: crate::transport::SendBuffer>(
             Some(Command::Ctl(cmd)) => apply_ctl(cmd, session, slots),
             // Every client handle is gone: finish what is open, then close.
             Some(Command::HandlesGone) => session.shutdown(Status::ok()),
+            Some(Command::Shutdown) => {
+                let reason = match role {
+                    Role::Server => "server shutting down",
+                    Role::Client => "client closing the connection",
+                };
+                session.shutdown(Status::unavailable(reason));
+            }
             None => break,
         }
     }

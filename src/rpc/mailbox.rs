@@ -18,8 +18,8 @@
 //! dropped at once (by whoever sees the close last), which ends its call: dropping an `Open`
 //! drops its `EventSender`, which closes the call; dropping an ack sender fails the wait on it.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering, fence};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
 use crossbeam::queue::SegQueue;
@@ -36,6 +36,9 @@ pub(crate) enum Command<B> {
     Ctl(CallCommand),
     /// The client's last handle was dropped: finish what is open, then close.
     HandlesGone,
+    /// Close gracefully (GOAWAY; calls in flight finish): a client's `close`, a server's
+    /// shutdown. Queued rather than watched, so the driver's pass polls nothing for it.
+    Shutdown,
 }
 
 /// What the driver is woken by.
@@ -83,7 +86,9 @@ impl<B: Send + 'static> Mailbox<B> {
         self.push(Command::Ctl(cmd)).map_err(|cmd| match cmd {
             Command::Ctl(cmd) => cmd,
             // `push` hands back what it was given.
-            Command::Buf(_) | Command::HandlesGone => unreachable!("push_ctl pushed a control command"),
+            Command::Buf(_) | Command::HandlesGone | Command::Shutdown => {
+                unreachable!("push_ctl pushed a control command")
+            }
         })
     }
 
@@ -149,11 +154,40 @@ impl std::fmt::Debug for Ctl {
 
 trait CtlQueue: Send + Sync {
     fn push_ctl(&self, cmd: CallCommand) -> Result<(), CallCommand>;
+    fn push_shutdown(&self);
 }
 
 impl<B: Send + 'static> CtlQueue for Mailbox<B> {
     fn push_ctl(&self, cmd: CallCommand) -> Result<(), CallCommand> {
         Mailbox::push_ctl(self, cmd)
+    }
+
+    fn push_shutdown(&self) {
+        // Refused only when the connection is already over.
+        let _ = self.push(Command::Shutdown);
+    }
+}
+
+/// What a server keeps of each connection it serves: enough to ask it to shut down, without
+/// keeping its mailbox alive once the connection and its handles are gone.
+pub(crate) struct StopHandle(Weak<dyn CtlQueue>);
+
+impl StopHandle {
+    pub(crate) fn new<B: Send + 'static>(mailbox: &Arc<Mailbox<B>>) -> Self {
+        let queue: Arc<dyn CtlQueue> = mailbox.clone();
+        StopHandle(Arc::downgrade(&queue))
+    }
+
+    /// Queues a graceful shutdown, if the connection may still be running.
+    pub(crate) fn stop(&self) {
+        if let Some(queue) = self.0.upgrade() {
+            queue.push_shutdown();
+        }
+    }
+
+    /// False once nothing holds the connection's mailbox: its driver and every handle are gone.
+    pub(crate) fn is_live(&self) -> bool {
+        self.0.strong_count() > 0
     }
 }
 

@@ -9,14 +9,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prost::Message;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::call::{CallReceiver, ResponseSender};
 use super::command::{CallCommand, CallRef, CallShared};
 use super::driver::{DriverSetup, drive};
 use super::handler::{SlotPool, Started};
-use super::mailbox::{Ctl, Mailbox};
+use super::mailbox::{Ctl, Mailbox, StopHandle};
 use super::{ConnectionConfig, now};
 use crate::pb::rpc as pb;
 use crate::session::Role;
@@ -277,15 +277,15 @@ impl Router {
 pub struct Server {
     router: Arc<Router>,
     config: ConnectionConfig,
-    shutdown: watch::Sender<bool>,
+    /// How to ask each connection to shut down.
+    stops: Vec<StopHandle>,
     connections: JoinSet<Status>,
 }
 
 impl Server {
     /// A server with these services.
     pub fn new(router: Router, config: ConnectionConfig) -> Self {
-        let (shutdown, _) = watch::channel(false);
-        Server { router: Arc::new(router), config, shutdown, connections: JoinSet::new() }
+        Server { router: Arc::new(router), config, stops: Vec::new(), connections: JoinSet::new() }
     }
 
     /// Serves one established connection in a task of its own.
@@ -293,6 +293,10 @@ impl Server {
         let peer: Arc<str> = transport.peer().into();
         let config = self.config.fitted_to(&transport.capabilities());
         let (alloc, sender, receiver) = transport.split();
+        let mailbox = Mailbox::new();
+        // Forget connections that are over, so the list does not grow with every client served.
+        self.stops.retain(StopHandle::is_live);
+        self.stops.push(StopHandle::new(&mailbox));
         let setup = DriverSetup::<T> {
             alloc,
             sender,
@@ -300,10 +304,9 @@ impl Server {
             peer,
             role: Role::Server,
             config: config.session,
-            mailbox: Mailbox::new(),
+            mailbox,
             router: Some(self.router.clone()),
             ready: None,
-            shutdown: self.shutdown.subscribe(),
             closed: Arc::new(CallShared::default()),
         };
         // Reap finished connections so the set does not grow with every client ever served.
@@ -373,7 +376,9 @@ impl Server {
 
     /// Sends GOAWAY on every connection and waits up to `drain` for their calls to finish.
     pub async fn shutdown(mut self, drain: Duration) {
-        let _ = self.shutdown.send(true);
+        for stop in self.stops.drain(..) {
+            stop.stop();
+        }
         let all = async { while self.connections.join_next().await.is_some() {} };
         if tokio::time::timeout(drain, all).await.is_err() {
             tracing::warn!(?drain, "calls still running after the drain period; aborting them");
