@@ -83,21 +83,23 @@ impl<M: Message + Default> CallReceiver<M> {
                 _ => Ok(None),
             };
         }
-        let event = self.shared.next_event().await;
+        // Credit for the peer's last message is not returned: it may send nothing more, and the
+        // session ignores credit for a call the peer has half-closed.
+        let event = self.shared.next_event_and_end().await;
         match event {
-            Some(CallEvent::Message(bytes)) => {
-                self.consumed(bytes.len());
+            Some((CallEvent::Message(bytes), last)) => {
+                self.consumed(bytes.len(), last);
                 Ok(Some(Incoming::Message(bytes)))
             }
-            Some(CallEvent::Data(bytes)) => {
-                self.consumed(bytes.len());
+            Some((CallEvent::Data(bytes), last)) => {
+                self.consumed(bytes.len(), last);
                 Ok(Some(Incoming::Data(bytes)))
             }
-            Some(CallEvent::End) => {
+            Some((CallEvent::End, _)) => {
                 self.done = true;
                 Ok(None)
             }
-            Some(CallEvent::Closed(status)) => {
+            Some((CallEvent::Closed(status), _)) => {
                 self.done = true;
                 self.disarm();
                 if status.is_ok() { Ok(None) } else { Err(status) }
@@ -127,8 +129,10 @@ impl<M: Message + Default> CallReceiver<M> {
         reply.ok_or_else(|| Status::internal("the server ended the call without a reply"))
     }
 
-    fn consumed(&self, len: usize) {
-        let _ = self.ctl.send(CallCommand::Consumed { id: self.id, len });
+    fn consumed(&self, len: usize, last: bool) {
+        if !last {
+            let _ = self.ctl.send(CallCommand::Consumed { id: self.id, len });
+        }
     }
 
     fn disarm(&mut self) {

@@ -95,6 +95,13 @@ impl Queue {
         }
         self.overflow.pop_front()
     }
+
+    /// Whether the oldest event is the end of what the peer sends.
+    fn ends_next(&self) -> bool {
+        let next =
+            if self.len > 0 { self.inline.get(self.head).and_then(Option::as_ref) } else { self.overflow.front() };
+        matches!(next, Some(CallEvent::End | CallEvent::Closed(_)))
+    }
 }
 
 impl CallShared {
@@ -116,14 +123,21 @@ impl CallShared {
     }
 
     /// The next event, or `None` once the driver let go of the call and every event was taken.
+    #[cfg(test)]
     pub(crate) async fn next_event(&self) -> Option<CallEvent> {
+        self.next_event_and_end().await.map(|(event, _)| event)
+    }
+
+    /// The next event, and whether the peer is known to send nothing more after it (its `End` or
+    /// `Closed` is queued right behind): a message's receiver then owes no flow-control credit.
+    pub(crate) async fn next_event_and_end(&self) -> Option<(CallEvent, bool)> {
         std::future::poll_fn(|cx| self.poll_event(cx)).await
     }
 
-    fn poll_event(&self, cx: &mut Context<'_>) -> Poll<Option<CallEvent>> {
+    fn poll_event(&self, cx: &mut Context<'_>) -> Poll<Option<(CallEvent, bool)>> {
         let mut queue = self.lock();
         if let Some(event) = queue.pop() {
-            return Poll::Ready(Some(event));
+            return Poll::Ready(Some((event, queue.ends_next())));
         }
         if queue.closed {
             return Poll::Ready(None);
@@ -301,5 +315,23 @@ mod tests {
         tx.send(data(7));
         drop(tx);
         assert_eq!(waiter.await.expect("waiter"), (Some(7), true));
+    }
+
+    #[tokio::test]
+    async fn a_message_is_last_only_when_the_end_is_queued_behind_it() {
+        let shared = CallPool::default().take();
+        let tx = EventSender::new(shared.clone());
+        let last = |event: Option<(CallEvent, bool)>| event.map(|(_, last)| last);
+        tx.send(data(1));
+        tx.send(data(2));
+        tx.send(CallEvent::End);
+        assert_eq!(last(shared.next_event_and_end().await), Some(false), "another message follows");
+        assert_eq!(last(shared.next_event_and_end().await), Some(true), "the end follows");
+        assert!(matches!(shared.next_event().await, Some(CallEvent::End)));
+        tx.send(data(4));
+        assert_eq!(last(shared.next_event_and_end().await), Some(false), "nothing queued behind it yet");
+        tx.send(data(5));
+        tx.send(CallEvent::Closed(Status::ok()));
+        assert_eq!(last(shared.next_event_and_end().await), Some(true), "the call's close follows");
     }
 }
