@@ -1,5 +1,5 @@
-//! The driver's mailbox: one lock-free queue of everything call handles (and the client's last
-//! handle) tell a connection's driver, and one doorbell to wake it.
+//! The driver's mailbox: one queue of everything call handles (and the client's last handle) tell
+//! a connection's driver, and one doorbell to wake it.
 //!
 //! It replaced two tokio channels (one for commands carrying transport buffers, one for the rest)
 //! whose receivers the driver polled on every pass, each registering its waker, and whose order
@@ -12,17 +12,20 @@
 //!   behind the other runnable callers, and their calls share one write. Disarmed (on either
 //!   side), `calls_woken_together_share_one_write` failed: one write per call;
 //! - handles that know nothing of the transport's buffer type push control commands through
-//!   [`Ctl`], a type-erased handle on the same queue.
+//!   [`Ctl`], a type-erased handle on the same queue;
+//! - the queue is a `VecDeque` behind a mutex, held for one push or pop: it keeps its capacity,
+//!   so a connection in steady state allocates nothing here. (A lock-free `SegQueue` allocated a
+//!   3.7 KiB block every 31 commands: 0.03 allocations per unary call on each side.)
 //!
 //! When the driver ends it [closes](Mailbox::close) the mailbox: a command pushed after that is
 //! dropped at once (by whoever sees the close last), which ends its call: dropping an `Open`
 //! drops its `EventSender`, which closes the call; dropping an ack sender fails the wait on it.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering, fence};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll};
 
-use crossbeam::queue::SegQueue;
 use futures_util::task::AtomicWaker;
 
 use super::command::{BufCommand, CallCommand};
@@ -44,7 +47,7 @@ pub(crate) enum Command<B> {
 /// What the driver is woken by.
 #[derive(Debug)]
 pub(crate) struct Mailbox<B> {
-    queue: SegQueue<Command<B>>,
+    queue: Mutex<VecDeque<Command<B>>>,
     bell: AtomicWaker,
     /// Set by the driver just before it sleeps on the doorbell; the first push after that rings.
     armed: AtomicBool,
@@ -54,7 +57,7 @@ pub(crate) struct Mailbox<B> {
 impl<B: Send + 'static> Mailbox<B> {
     pub(crate) fn new() -> Arc<Self> {
         Arc::new(Mailbox {
-            queue: SegQueue::new(),
+            queue: Mutex::new(VecDeque::new()),
             bell: AtomicWaker::new(),
             armed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -67,7 +70,7 @@ impl<B: Send + 'static> Mailbox<B> {
         if self.closed.load(Ordering::Acquire) {
             return Err(cmd);
         }
-        self.queue.push(cmd);
+        self.lock().push_back(cmd);
         // Pairs with the fence in `poll_ready` and in `close`: either the driver sees this
         // command, or this push sees it armed (or closed).
         fence(Ordering::SeqCst);
@@ -94,18 +97,27 @@ impl<B: Send + 'static> Mailbox<B> {
 
     /// The next command, if any. Only the driver takes.
     pub(crate) fn pop(&self) -> Option<Command<B>> {
-        self.queue.pop()
+        self.lock().pop_front()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Command<B>>> {
+        // Nothing panics while holding it: a push or a pop leaves the queue consistent.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Ready once the queue holds a command; otherwise arms the doorbell with `cx`'s waker.
     pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if !self.queue.is_empty() {
+        if !self.is_empty() {
             return Poll::Ready(());
         }
         self.bell.register(cx.waker());
         self.armed.store(true, Ordering::Release);
         fence(Ordering::SeqCst);
-        if self.queue.is_empty() {
+        if self.is_empty() {
             Poll::Pending
         } else {
             self.armed.store(false, Ordering::Relaxed);
@@ -126,7 +138,9 @@ impl<B: Send + 'static> Mailbox<B> {
     }
 
     fn drain(&self) {
-        while self.queue.pop().is_some() {}
+        // Dropped outside the lock: dropping a command wakes the handle waiting on its call.
+        let dropped = std::mem::take(&mut *self.lock());
+        drop(dropped);
     }
 }
 
