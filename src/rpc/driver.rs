@@ -18,7 +18,7 @@ use super::handler::SlotPool;
 use super::mailbox::{Command, Ctl, Mailbox};
 use super::now;
 use super::outbox::Outbox;
-use super::server::Router;
+use super::router::Router;
 use crate::pb::rpc as pb;
 use crate::session::{Event, IdMap, Role, Session, SessionConfig, Transmit};
 use crate::status::Status;

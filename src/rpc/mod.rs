@@ -23,14 +23,16 @@ mod events;
 mod handler;
 mod mailbox;
 mod outbox;
+mod router;
 mod server;
 
 pub use call::{CallReceiver, CallSender, DataBuffer, Incoming, ResponseSender};
 pub use client::{CallOptions, Client};
 pub use connect::{ConnectOptions, Connection, connect};
 pub use handler::{HandlerSlot, handler_slot};
+pub use router::Router;
 pub use server::{
-    Finisher, HandlerFuture, RequestContext, Router, Server, ServerCall, Service, serve_client_streaming,
+    Finisher, HandlerFuture, RequestContext, Server, ServerCall, Service, serve_client_streaming,
     serve_server_streaming, serve_streaming, serve_unary,
 };
 

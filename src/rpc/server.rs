@@ -15,8 +15,8 @@ use tokio::task::JoinSet;
 use super::call::{CallReceiver, ResponseSender};
 use super::command::{CallCommand, CallRef, CallShared};
 use super::driver::{DriverSetup, drive};
-use super::handler::{SlotPool, Started};
 use super::mailbox::{Ctl, Mailbox, StopHandle};
+use super::router::Router;
 use super::{ConnectionConfig, now};
 use crate::pb::rpc as pb;
 use crate::session::Role;
@@ -71,6 +71,11 @@ impl MethodPath {
         // Checked by `Frame::decode`; a path built otherwise that is not UTF-8 reads as empty.
         std::str::from_utf8(&self.0).unwrap_or_default()
     }
+
+    /// The path as received.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 impl From<bytes::Bytes> for MethodPath {
@@ -123,6 +128,11 @@ impl ServerCall {
     /// The call's context.
     pub fn context(&self) -> &RequestContext {
         &self.ctx
+    }
+
+    /// Names the call by the router's own copy of its path.
+    pub(super) fn set_method(&mut self, method: &'static str) {
+        self.ctx.method = MethodPath(bytes::Bytes::from_static(method.as_bytes()));
     }
 
     /// Splits into the request stream, the response sender and the context (for handlers that
@@ -225,52 +235,6 @@ where
 {
     let (requests, responses, ctx, finish) = call.into_parts::<Req, Res>();
     finish.status(handler(requests, responses, ctx).await.err().unwrap_or_else(Status::ok));
-}
-
-/// Method paths to services.
-#[derive(Default)]
-pub struct Router {
-    services: Vec<Arc<dyn Service>>,
-    methods: HashMap<&'static str, usize>,
-}
-
-impl Router {
-    /// Adds a service; its methods replace any of the same path.
-    pub fn add(&mut self, service: impl Service) {
-        let index = self.services.len();
-        for method in service.methods() {
-            self.methods.insert(method, index);
-        }
-        self.services.push(Arc::new(service));
-    }
-
-    /// Starts the handler of `call`'s method, in a slot of `pool` when the service has them; also
-    /// returns the router's own copy of the method's path (so the driver can name the call without
-    /// allocating). Gives the call back if no service serves the method.
-    #[allow(clippy::result_large_err)] // see Service::call
-    pub(crate) fn route(
-        &self,
-        mut call: ServerCall,
-        pool: &mut SlotPool,
-    ) -> Result<(&'static str, Started), ServerCall> {
-        let found = self.methods.get_key_value(call.context().method.as_str());
-        match found.and_then(|(&name, &i)| Some((name, self.services.get(i)?))) {
-            Some((name, service)) => {
-                // The router's own copy from here on: a view of the received frame would keep its
-                // whole receive buffer (a registered slot, over RDMA) for as long as the handler
-                // holds its context.
-                call.ctx.method = MethodPath(bytes::Bytes::from_static(name.as_bytes()));
-                pool.start(name, service.as_ref(), call).map(|started| (name, started))
-            }
-            None => Err(call),
-        }
-    }
-
-    /// The services served, for error messages.
-    pub fn describe(&self) -> String {
-        let names: Vec<&str> = self.services.iter().map(|s| s.name()).collect();
-        names.join(", ")
-    }
 }
 
 /// Serves services on connections.
