@@ -34,7 +34,7 @@ use rdma_rpc_benches::tonic_echo::{TonicEchoClient, TonicEchoServer};
 use rdma_rpc_benches::{RawCopyServer, RawEchoServer, RawPipelinedClient, RawSinkServer, RpcEchoServer, payload};
 
 use report::{RAW, RAW_BUSY, RPC_RDMA, RPC_TCP, RPC_TCP_SLEEP, Report, TONIC, UnaryRow};
-use unary::{Caller, Raw, RawPipelined, Rpc, Tonic};
+use unary::{Caller, Measured, Raw, RawPipelined, Rpc, Tonic};
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
@@ -63,6 +63,11 @@ struct Args {
     /// Warm-up before each unary cell, in milliseconds.
     #[arg(long, default_value_t = 200)]
     warm_up_ms: u64,
+    /// Rounds per unary cell: the systems take turns, each round getting its share of the window
+    /// and of the warm-up, and a system's rounds merge into one histogram. Taking turns spreads
+    /// the machine's drift (other load, frequency) over every system alike.
+    #[arg(long, default_value_t = 4)]
+    rounds: u32,
     /// MiB sent each way per stream measurement.
     #[arg(long, default_value_t = 512)]
     stream_mib: usize,
@@ -112,6 +117,7 @@ enum Part {
 struct Plan {
     warm_up: Duration,
     window: Duration,
+    rounds: u32,
     stream_bytes: usize,
     alloc_calls: u64,
     only: Option<Part>,
@@ -150,6 +156,7 @@ impl Plan {
             Plan {
                 warm_up: Duration::from_millis(10),
                 window: Duration::from_millis(30),
+                rounds: 1,
                 stream_bytes: 8 << 20,
                 alloc_calls: 100,
                 only: args.only,
@@ -163,6 +170,7 @@ impl Plan {
             Plan {
                 warm_up: Duration::from_millis(args.warm_up_ms),
                 window: Duration::from_millis(args.window_ms),
+                rounds: args.rounds.max(1),
                 stream_bytes: args.stream_mib << 20,
                 alloc_calls: 2000,
                 only: args.only,
@@ -284,39 +292,47 @@ async fn measure_all(servers: Arc<Servers>, plan: Plan) -> Result<Report, String
     for &size in plan.sizes.iter().filter(|_| plan.runs(Part::Unary)) {
         let data = payload(size);
         for &in_flight in &plan.in_flight {
-            let cell = |system, measured| UnaryRow { size, in_flight, system, measured };
-            let (warm_up, window) = (plan.warm_up, plan.window);
+            let mut cells: Vec<(&'static str, Measured)> = Vec::new();
+            let (warm_up, window) = (plan.warm_up / plan.rounds, plan.window / plan.rounds);
             let many = |client: &EchoClient<TcpConnection>| (0..in_flight).map(|_| Rpc(client.clone())).collect();
-            if plan.measures(RPC_TCP) {
-                report.unary.push(cell(RPC_TCP, unary::run(many(&rpc), data.clone(), warm_up, window).await?));
+            for _ in 0..plan.rounds {
+                if plan.measures(RPC_TCP) {
+                    unary::merge_into(
+                        &mut cells,
+                        RPC_TCP,
+                        unary::run(many(&rpc), data.clone(), warm_up, window).await?,
+                    )?;
+                }
+                if plan.measures(RPC_TCP_SLEEP) {
+                    let measured = unary::run(many(&rpc_sleep), data.clone(), warm_up, window).await?;
+                    unary::merge_into(&mut cells, RPC_TCP_SLEEP, measured)?;
+                }
+                if let Some(rdma) = rdma.as_ref().filter(|_| plan.measures(RPC_RDMA)) {
+                    let callers = (0..in_flight).map(|_| Rpc(rdma.clone())).collect();
+                    unary::merge_into(&mut cells, RPC_RDMA, unary::run(callers, data.clone(), warm_up, window).await?)?;
+                }
+                if plan.measures(RAW) {
+                    let raw = if in_flight == 1 {
+                        let client = servers.raw_echo.client().await.map_err(raw_err)?;
+                        unary::run(vec![Raw(client)], data.clone(), warm_up, window).await?
+                    } else {
+                        let callers = (0..in_flight).map(|_| RawPipelined(pipelined.clone())).collect();
+                        unary::run(callers, data.clone(), warm_up, window).await?
+                    };
+                    unary::merge_into(&mut cells, RAW, raw)?;
+                }
+                if in_flight == 1 && plan.measures(RAW_BUSY) {
+                    let client = servers.raw_echo_busy.client().await.map_err(raw_err)?;
+                    let raw_busy = unary::run(vec![Raw(client)], data.clone(), warm_up, window).await?;
+                    unary::merge_into(&mut cells, RAW_BUSY, raw_busy)?;
+                }
+                if plan.measures(TONIC) {
+                    let callers = (0..in_flight).map(|_| Tonic(tonic.clone())).collect();
+                    unary::merge_into(&mut cells, TONIC, unary::run(callers, data.clone(), warm_up, window).await?)?;
+                }
             }
-            if plan.measures(RPC_TCP_SLEEP) {
-                let measured = unary::run(many(&rpc_sleep), data.clone(), warm_up, window).await?;
-                report.unary.push(cell(RPC_TCP_SLEEP, measured));
-            }
-            if let Some(rdma) = rdma.as_ref().filter(|_| plan.measures(RPC_RDMA)) {
-                let callers = (0..in_flight).map(|_| Rpc(rdma.clone())).collect();
-                report.unary.push(cell(RPC_RDMA, unary::run(callers, data.clone(), warm_up, window).await?));
-            }
-            if plan.measures(RAW) {
-                let raw = if in_flight == 1 {
-                    let client = servers.raw_echo.client().await.map_err(raw_err)?;
-                    unary::run(vec![Raw(client)], data.clone(), warm_up, window).await?
-                } else {
-                    let callers = (0..in_flight).map(|_| RawPipelined(pipelined.clone())).collect();
-                    unary::run(callers, data.clone(), warm_up, window).await?
-                };
-                report.unary.push(cell(RAW, raw));
-            }
-            if in_flight == 1 && plan.measures(RAW_BUSY) {
-                let client = servers.raw_echo_busy.client().await.map_err(raw_err)?;
-                let raw_busy = unary::run(vec![Raw(client)], data.clone(), warm_up, window).await?;
-                report.unary.push(cell(RAW_BUSY, raw_busy));
-            }
-            if plan.measures(TONIC) {
-                let callers = (0..in_flight).map(|_| Tonic(tonic.clone())).collect();
-                report.unary.push(cell(TONIC, unary::run(callers, data.clone(), warm_up, window).await?));
-            }
+            let rows = cells.into_iter().map(|(system, measured)| UnaryRow { size, in_flight, system, measured });
+            report.unary.extend(rows);
         }
     }
 

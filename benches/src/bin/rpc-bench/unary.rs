@@ -86,6 +86,29 @@ impl Measured {
     pub fn micros(&self, percentile: f64) -> f64 {
         self.histogram.value_at_quantile(percentile / 100.0) as f64 / 1000.0
     }
+
+    /// Adds another round of the same system: one histogram, calls and windows summed.
+    pub fn merge(&mut self, other: Measured) -> Result<(), String> {
+        self.histogram.add(&other.histogram).map_err(|err| format!("histograms merge: {err}"))?;
+        self.calls += other.calls;
+        self.window += other.window;
+        Ok(())
+    }
+}
+
+/// Adds a round of `system` to its cell, or starts the cell.
+pub fn merge_into(
+    cells: &mut Vec<(&'static str, Measured)>,
+    system: &'static str,
+    round: Measured,
+) -> Result<(), String> {
+    match cells.iter_mut().find(|(name, _)| *name == system) {
+        Some((_, measured)) => measured.merge(round),
+        None => {
+            cells.push((system, round));
+            Ok(())
+        }
+    }
 }
 
 fn new_histogram() -> Histogram<u64> {
