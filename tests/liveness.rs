@@ -1,6 +1,6 @@
 //! Peers that vanish: a server that goes silent mid-call (no FIN: keepalive must notice) and one
 //! that closes mid-stream. The caller gets `Unavailable` within the keepalive timeout, never a hang.
-//! Graceful shutdown drains in-flight calls.
+//! Graceful shutdown, by the server or by the client's `close`, drains in-flight calls.
 
 mod common;
 
@@ -98,4 +98,28 @@ async fn graceful_shutdown_drains_calls_in_flight() {
         Ok(mut replies) => replies.message().await.expect_err("no new calls after GOAWAY"),
     };
     assert_eq!(refused.code, Code::Unavailable, "{refused}");
+}
+
+#[tokio::test]
+async fn client_close_drains_calls_in_flight() {
+    let server = TestServer::start().await;
+    let connection = server.client().await;
+    let client = CalculatorClient::new(connection.clone());
+    let mut replies = client.count(&CountRequest { upto: 5, delay_ms: 100 }).await.expect("open");
+    replies.message().await.expect("first").expect("item");
+    let closing = tokio::spawn(async move { connection.close().await });
+    let mut items = 1;
+    while let Some(_item) = replies.message().await.expect("the call completes during the close") {
+        items += 1;
+    }
+    assert_eq!(items, 5);
+    let status = tokio::time::timeout(LIMIT, closing).await.expect("the connection closes").expect("close");
+    assert!(status.is_ok(), "a graceful close ends the connection cleanly: {status}");
+    let after = client.count(&CountRequest { upto: 1, delay_ms: 0 }).await;
+    let refused = match after {
+        Err(status) => status,
+        Ok(mut replies) => replies.message().await.expect_err("no new calls on a closed connection"),
+    };
+    assert_eq!(refused.code, Code::Unavailable, "{refused}");
+    server.stop().await;
 }

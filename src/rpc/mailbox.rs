@@ -7,10 +7,10 @@
 //! - order is the queue's: a stream's End or cancel can never overtake its Open or last message;
 //! - the driver's poll registers one waker, and only the first push after the driver armed the
 //!   doorbell ([`Mailbox::ready`], before it sleeps) rings it. The driver does not disarm it when
-//!   something else wakes it (its socket). Disarming saved about 1 k instructions per call, but
-//!   a caller that queues a call while the driver runs must wake it: tokio then queues the driver
-//!   behind the other runnable callers, and their calls share one write. Disarmed (on either
-//!   side), `calls_woken_together_share_one_write` failed: one write per call;
+//!   something else wakes it (its socket). Disarming then saved about 1 k instructions per call,
+//!   but a caller that queues a call while the driver runs must wake it: tokio then queues the
+//!   driver behind the other runnable callers, and their calls share one write. Disarmed when
+//!   woken, `calls_woken_together_share_one_write` failed: one write per call;
 //! - handles that know nothing of the transport's buffer type push control commands through
 //!   [`Ctl`], a type-erased handle on the same queue;
 //! - the queue is a `VecDeque` behind a mutex, held for one push or pop: it keeps its capacity,
