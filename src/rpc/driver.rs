@@ -77,9 +77,9 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
     let mut armed: Option<Instant> = None;
     let mut send_failed = false;
     let mut final_status = Status::ok();
-    // Client calls this driver finished since it last wrote: their callers are runnable now, and
-    // usually call again at once.
-    let mut finished_since_write = 0usize;
+    // This pass handed client handles something (a reply, stream data, a call's end): their
+    // callers are runnable now.
+    let mut woke_callers = false;
 
     loop {
         // Everything the session decided: frames out, events to handles. Handling an event can
@@ -107,7 +107,11 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
                 progressed = true;
                 match &event {
                     Event::ConnectionClosed(status) => final_status = status.clone(),
-                    Event::Closed { .. } if role == Role::Client => finished_since_write += 1,
+                    Event::Message { .. } | Event::Data { .. } | Event::RemoteEnd { .. } | Event::Closed { .. }
+                        if role == Role::Client =>
+                    {
+                        woke_callers = true;
+                    }
                     _ => {}
                 }
                 dispatch(event, &mut session, &mut slots, &serving, &mut fresh, &mut pool);
@@ -127,13 +131,16 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
         if session.is_closed() {
             break;
         }
-        if finished_since_write > 1 && outbox.wants_drive() && role == Role::Client {
-            // Several callers were woken and the first has queued its next call. Writing now would
-            // send that one alone: with one worker thread, its wake-up ran this task right after
-            // it. Stepping aside once lets the others queue theirs (the mailbox does not wake this
-            // task meanwhile: it is not armed), and one write carries them all.
-            finished_since_write = 0;
-            tokio::task::yield_now().await;
+        if woke_callers {
+            // Callers this pass woke run before the driver touches the socket again. Going on
+            // would first poll the socket (a read that finds nothing, a syscall on the caller's
+            // path) and, with several woken, send the first one's next call alone. Stepping aside
+            // lets them all queue their next calls (the mailbox does not wake this task meanwhile:
+            // it is not armed), and one write carries them. The step aside is a wake of this task
+            // by itself, which tokio queues behind the tasks already runnable, not a `yield_now`,
+            // which waits for the worker to park and poll epoll first.
+            woke_callers = false;
+            run_others_first().await;
             take_commands(&mailbox, role, &mut session, &mut slots);
             continue;
         }
@@ -151,7 +158,6 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
             biased;
             // First: what this pass queued goes out before more input is taken.
             sent = outbox.drive(), if !send_failed && outbox.wants_drive() => {
-                finished_since_write = 0;
                 if let Err(err) = sent {
                     send_failed = true;
                     session.handle_error(Status::unavailable(format!("send failed: {err}")));
@@ -207,6 +213,21 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
     mailbox.close();
     tracing::debug!(%peer, status = %final_status, "connection closed");
     final_status
+}
+
+/// Returns once every task that was runnable when it was called has run: it wakes its own task
+/// and is pending once, and tokio queues a task that woke itself behind the others.
+async fn run_others_first() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// Bytes of a received message.
