@@ -115,6 +115,8 @@ fn reply_outgoing<B: crate::transport::SendBuffer>(body: ReplyBody) -> Outgoing<
         // Registered memory on a transport that is not RDMA: cannot be, but copy rather than
         // lose the reply.
         Err(ReplyBody::Registered(slot)) => Outgoing::Framed(BytesMut::from(slot.written())),
+        // A TCP send buffer on another transport: cannot be either.
+        Err(ReplyBody::Pooled(buf)) => Outgoing::Framed(BytesMut::from(buf.as_slice())),
     }
 }
 

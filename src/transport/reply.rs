@@ -2,15 +2,16 @@
 //! server call of a connection.
 //!
 //! Handlers are not generic over the transport, so they cannot hold its buffer type; this names
-//! the two memories a reply can be built in. Over RDMA it is a registered send buffer, so the
-//! reply reaches the NIC without a copy (the driver sends that very buffer); over TCP a heap buffer
-//! from the connection's pool, which the sender takes back once written.
+//! the memories a reply can be built in. Over RDMA it is a registered send buffer, so the reply
+//! reaches the NIC without a copy (the driver sends that very buffer); over TCP a send buffer from
+//! the connection's pool (room for the length prefix included), which the driver also sends as it
+//! is and the sender takes back once written.
 
 use bytes::{BufMut, BytesMut};
 use prost::Message;
 
 use super::rdma::{RdmaAlloc, SlotWriter};
-use super::tcp::BufPool;
+use super::tcp::{BufPool, SendBuf};
 use crate::wire::HEADER_LEN;
 
 /// The memory a connection's server replies are encoded into.
@@ -42,6 +43,8 @@ impl std::fmt::Debug for ReplyAlloc {
 pub enum ReplyBody {
     /// In heap memory.
     Heap(BytesMut),
+    /// In a TCP send buffer from the connection's pool, sent as it is.
+    Pooled(SendBuf),
     /// In a registered RDMA send buffer.
     Registered(SlotWriter),
 }
@@ -51,6 +54,7 @@ impl ReplyBody {
     pub fn message_len(&self) -> usize {
         let len = match self {
             ReplyBody::Heap(buf) => buf.len(),
+            ReplyBody::Pooled(buf) => buf.len(),
             ReplyBody::Registered(slot) => slot.len(),
         };
         len.saturating_sub(HEADER_LEN)
@@ -73,7 +77,13 @@ impl ReplyAlloc {
                 }
                 None => BytesMut::with_capacity(capacity),
             },
-            ReplyAlloc::Pooled(pool) => pool.take(capacity),
+            ReplyAlloc::Pooled(pool) => {
+                let mut buf = pool.take_send_buf(capacity);
+                buf.body_mut().put_bytes(0, HEADER_LEN);
+                // Cannot fail: BytesMut grows.
+                let _ = message.encode(buf.body_mut());
+                return ReplyBody::Pooled(buf);
+            }
             ReplyAlloc::Heap => BytesMut::with_capacity(capacity),
         };
         heap.put_bytes(0, HEADER_LEN);

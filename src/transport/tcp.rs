@@ -19,7 +19,13 @@ impl SendBuffer for SendBuf {
         self.as_mut_slice()
     }
     fn truncate(&mut self, len: usize) {
-        self.body_mut().truncate(len);
+        SendBuf::truncate(self, len);
+    }
+    fn from_reply(body: super::ReplyBody) -> Result<Self, super::ReplyBody> {
+        match body {
+            super::ReplyBody::Pooled(buf) => Ok(buf),
+            other => Err(other),
+        }
     }
 }
 
@@ -33,11 +39,11 @@ pub struct TcpAlloc {
 impl BufferAlloc for TcpAlloc {
     type Buf = SendBuf;
     async fn alloc(&self, capacity: usize) -> Result<SendBuf, TransportError> {
-        Ok(SendBuf::from(self.pool.take(capacity)))
+        Ok(self.pool.take_send_buf(capacity))
     }
 
     fn try_alloc(&self, capacity: usize) -> Option<Result<SendBuf, TransportError>> {
-        Some(Ok(SendBuf::from(self.pool.take(capacity))))
+        Some(Ok(self.pool.take_send_buf(capacity)))
     }
 
     fn reply_alloc(&self) -> super::ReplyAlloc {

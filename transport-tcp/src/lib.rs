@@ -25,10 +25,10 @@
 //!
 //! * **Send:** a message is written into a [`SendBuf`] (its
 //!   [`SendBuf::body_mut`] is a [`bytes::BytesMut`], which implements
-//!   [`bytes::BufMut`], so e.g. prost can encode straight into it). The length
-//!   prefix is kept apart from the body and the message is handed to the kernel
-//!   with `writev` (prefix, body and an optional payload [`bytes::Bytes`] as
-//!   separate `IoSlice`s), so neither the body nor the payload is copied.
+//!   [`bytes::BufMut`], so e.g. prost can encode straight into it). The buffer
+//!   keeps room for the length prefix in front of the body, so prefix and body
+//!   leave as one `IoSlice`; an optional payload [`bytes::Bytes`] follows as
+//!   another, so neither the body nor the payload is copied.
 //!   Messages are queued with [`TcpSender::feed`] and written in batches by
 //!   [`TcpSender::flush`] (up to 64 slices per system call).
 //! * **Receive:** [`TcpReceiver::recv`] returns each message as a

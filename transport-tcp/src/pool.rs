@@ -13,6 +13,9 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use crossbeam::queue::ArrayQueue;
 
+use crate::deframer::LENGTH_PREFIX_LEN;
+use crate::send_buf::SendBuf;
+
 /// Buffers kept per connection.
 pub const POOLED_BUFFERS: usize = 64;
 
@@ -43,10 +46,17 @@ impl BufPool {
         }
     }
 
+    /// An empty [`SendBuf`] with room for at least `capacity` body bytes (and its length prefix),
+    /// in a returned allocation when one is large enough.
+    pub fn take_send_buf(&self, capacity: usize) -> SendBuf {
+        SendBuf::from_empty(self.take(LENGTH_PREFIX_LEN + capacity))
+    }
+
     /// Returns a buffer nobody else refers to; it is cleared. Dropped when the pool is full or the
     /// buffer is larger than [`MAX_POOLED_CAPACITY`].
     pub fn give(&self, mut buf: BytesMut) {
-        if buf.capacity() > MAX_POOLED_CAPACITY || buf.capacity() == 0 {
+        // A buffer with room for a length prefix only (an empty message's) holds no body.
+        if buf.capacity() > MAX_POOLED_CAPACITY || buf.capacity() <= LENGTH_PREFIX_LEN {
             return;
         }
         buf.clear();
