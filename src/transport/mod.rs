@@ -140,6 +140,14 @@ pub trait FrameReceiver: Send + 'static {
     /// The next message, or `None` when the peer closed cleanly. Must be cancel-safe: dropping the
     /// future loses no message (the driver polls it inside `select!`).
     fn recv(&mut self) -> impl Future<Output = Result<Option<Bytes>, TransportError>> + Send;
+
+    /// The next message if one can be had without waiting and without a system call (`None`
+    /// otherwise): what the driver takes to batch the frames of one pass. TCP answers from its
+    /// read buffer; the default polls `recv` once, which suits transports whose receive is a
+    /// queue or a completion-queue poll in user space.
+    fn try_recv_now(&mut self) -> Option<Result<Option<Bytes>, TransportError>> {
+        futures_util::FutureExt::now_or_never(self.recv())
+    }
 }
 
 /// One established connection of some transport.

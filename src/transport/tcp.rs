@@ -79,6 +79,11 @@ impl FrameReceiver for TcpReceiver {
     async fn recv(&mut self) -> Result<Option<Bytes>, TransportError> {
         Ok(TcpReceiver::recv(self).await?)
     }
+
+    /// A message complete in the read buffer; no read from the socket.
+    fn try_recv_now(&mut self) -> Option<Result<Option<Bytes>, TransportError>> {
+        TcpReceiver::try_recv(self).map_err(TransportError::from).transpose().map(|msg| msg.map(Some))
+    }
 }
 
 /// What TCP offers: messages up to the configured maximum; sends are heap buffers written with
@@ -141,6 +146,13 @@ impl FrameReceiver for PrefixedReceiver {
             return Ok(Some(first));
         }
         Ok(self.inner.recv().await?)
+    }
+
+    fn try_recv_now(&mut self) -> Option<Result<Option<Bytes>, TransportError>> {
+        match self.first.take() {
+            Some(first) => Some(Ok(Some(first))),
+            None => self.inner.try_recv_now(),
+        }
     }
 }
 
