@@ -71,10 +71,14 @@ pub(super) fn apply_buf<B: crate::transport::SendBuffer>(
     }
 }
 
+/// Applies a command from a call handle. A server's unary reply leaves its call's bookkeeping
+/// to [`finish_replied`], which the driver runs once the reply is written: closing the slot
+/// (its status, the handle's `Closed`, the log line) is not on the round trip's path.
 pub(super) fn apply_ctl<B: crate::transport::SendBuffer>(
     cmd: CallCommand,
     session: &mut Session<Outgoing<B>>,
     slots: &mut IdMap<Slot>,
+    replied: &mut Vec<u64>,
 ) {
     match cmd {
         CallCommand::SendBytes { id, kind, body, end, ack } => {
@@ -91,8 +95,8 @@ pub(super) fn apply_ctl<B: crate::transport::SendBuffer>(
         CallCommand::Reply { id, body } => {
             let len = body.message_len() as u64;
             queue_send(session, slots, id, Kind::Message, reply_outgoing(body), true, None, len);
-            if session.role() == Role::Server {
-                finish_slot(slots, id, Status::ok());
+            if session.role() == Role::Server && slots.contains_key(&id) {
+                replied.push(id);
             }
         }
         CallCommand::End { id } => {
@@ -147,6 +151,13 @@ fn queue_send<B: crate::transport::SendBuffer>(
             session.finish(id, status.clone());
             finish_slot(slots, id, status);
         }
+    }
+}
+
+/// Ends the bookkeeping of the calls whose last reply was queued (see [`apply_ctl`]).
+pub(super) fn finish_replied(slots: &mut IdMap<Slot>, replied: &mut Vec<u64>) {
+    for id in replied.drain(..) {
+        finish_slot(slots, id, Status::ok());
     }
 }
 

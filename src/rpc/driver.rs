@@ -13,7 +13,7 @@ use futures_util::FutureExt as _;
 use tokio::sync::oneshot;
 
 use super::command::{CallShared, Outgoing};
-use super::dispatch::{Fresh, Serving, Slot, apply_buf, apply_ctl, dispatch, run_fresh};
+use super::dispatch::{Fresh, Serving, Slot, apply_buf, apply_ctl, dispatch, finish_replied, run_fresh};
 use super::handler::SlotPool;
 use super::mailbox::{Command, Ctl, Mailbox};
 use super::now;
@@ -68,6 +68,8 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
         Err(err) => return Status::internal(err.to_string()),
     };
     let mut slots: IdMap<Slot> = IdMap::default();
+    // Server calls whose last reply is queued: their slots close once it is written.
+    let mut replied: Vec<u64> = Vec::new();
     // Handlers routed in this pass, polled once inline before any is given a task of its own.
     let mut fresh: Vec<Fresh> = Vec::new();
     // Idle handler slots, reused call after call.
@@ -121,7 +123,7 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
                     run_fresh(handler, &mut slots, &ctl, &mut pool);
                 }
                 // What they sent (a unary reply) goes out in this pass, not after another select.
-                take_commands(&mailbox, role, &mut session, &mut slots);
+                take_commands(&mailbox, role, &mut session, &mut slots, &mut replied);
                 progressed = true;
             }
             if !progressed {
@@ -141,7 +143,7 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
             // which waits for the worker to park and poll epoll first.
             woke_callers = false;
             run_others_first().await;
-            take_commands(&mailbox, role, &mut session, &mut slots);
+            take_commands(&mailbox, role, &mut session, &mut slots, &mut replied);
             continue;
         }
         // Re-arming the timer costs about as much as a session step, and the keepalive deadline
@@ -153,18 +155,23 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
             sleep.as_mut().reset(at.into());
             armed = Some(at);
         }
+        if send_failed || !outbox.wants_drive() {
+            finish_replied(&mut slots, &mut replied);
+        }
 
         tokio::select! {
             biased;
             // First: what this pass queued goes out before more input is taken.
             sent = outbox.drive(), if !send_failed && outbox.wants_drive() => {
+                // The replies are out: now their calls' bookkeeping.
+                finish_replied(&mut slots, &mut replied);
                 if let Err(err) = sent {
                     send_failed = true;
                     session.handle_error(Status::unavailable(format!("send failed: {err}")));
                 }
             }
             // Whatever is queued joins this pass (one flush for the batch).
-            () = mailbox.ready() => take_commands(&mailbox, role, &mut session, &mut slots),
+            () = mailbox.ready() => take_commands(&mailbox, role, &mut session, &mut slots, &mut replied),
             msg = receiver.recv() => {
                 let now = now();
                 let mut bytes = received_len(&msg);
@@ -195,6 +202,7 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
         }
     }
 
+    finish_replied(&mut slots, &mut replied);
     // Write what the session still has (the GOAWAY, trailers), then close the sending side.
     if !send_failed {
         let grace = std::time::Duration::from_secs(1);
@@ -300,11 +308,12 @@ fn take_commands<B: crate::transport::SendBuffer>(
     role: Role,
     session: &mut Session<Outgoing<B>>,
     slots: &mut IdMap<Slot>,
+    replied: &mut Vec<u64>,
 ) {
     for _ in 0..BATCH {
         match mailbox.pop() {
             Some(Command::Buf(cmd)) => apply_buf(cmd, session, slots),
-            Some(Command::Ctl(cmd)) => apply_ctl(cmd, session, slots),
+            Some(Command::Ctl(cmd)) => apply_ctl(cmd, session, slots, replied),
             // Every client handle is gone: finish what is open, then close.
             Some(Command::HandlesGone) => session.shutdown(Status::ok()),
             Some(Command::Shutdown) => {
