@@ -9,7 +9,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures_util::FutureExt as _;
 use tokio::sync::oneshot;
 
 use super::command::{CallShared, Outgoing};
@@ -180,16 +179,10 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
                 // ones do not, so replies start going out while the rest is still arriving.
                 let mut frames = 1;
                 while more && frames < BATCH && bytes < RECV_BATCH_BYTES {
-                    let next = match receiver.try_recv_now() {
-                        Some(msg) => Some(msg),
-                        // Nothing more without a read. A peer that pipelines (several frames in
-                        // this pass) has likely sent more meanwhile: read again, to batch. One in
-                        // lockstep (a single frame) waits for the answer: a read would find
-                        // nothing, a syscall on the round trip's path.
-                        None if frames > 1 => receiver.recv().now_or_never(),
-                        None => None,
-                    };
-                    let Some(msg) = next else { break };
+                    // A peer that pipelines (several frames in this pass) has likely sent more
+                    // meanwhile: read again, to batch. One in lockstep (a single frame) waits for
+                    // the answer: a read would find nothing, a syscall on the round trip's path.
+                    let Some(msg) = receiver.try_recv_now(frames > 1) else { break };
                     bytes += received_len(&msg);
                     frames += 1;
                     more = handle_received(msg, now, &mut session, &limits, &peer);

@@ -141,11 +141,12 @@ pub trait FrameReceiver: Send + 'static {
     /// future loses no message (the driver polls it inside `select!`).
     fn recv(&mut self) -> impl Future<Output = Result<Option<Bytes>, TransportError>> + Send;
 
-    /// The next message if one can be had without waiting and without a system call (`None`
-    /// otherwise): what the driver takes to batch the frames of one pass. TCP answers from its
-    /// read buffer; the default polls `recv` once, which suits transports whose receive is a
-    /// queue or a completion-queue poll in user space.
-    fn try_recv_now(&mut self) -> Option<Result<Option<Bytes>, TransportError>> {
+    /// The next message if one can be had without waiting (`None` otherwise): what the driver
+    /// takes to batch the frames of one pass. Without `may_read`, a transport whose receive is a
+    /// system call (TCP) answers only from what it already read. The default polls `recv` once,
+    /// which suits transports whose receive is a queue or a completion-queue poll in user space.
+    fn try_recv_now(&mut self, may_read: bool) -> Option<Result<Option<Bytes>, TransportError>> {
+        let _ = may_read;
         futures_util::FutureExt::now_or_never(self.recv())
     }
 }

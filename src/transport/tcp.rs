@@ -80,9 +80,13 @@ impl FrameReceiver for TcpReceiver {
         Ok(TcpReceiver::recv(self).await?)
     }
 
-    /// A message complete in the read buffer; no read from the socket.
-    fn try_recv_now(&mut self) -> Option<Result<Option<Bytes>, TransportError>> {
-        TcpReceiver::try_recv(self).map_err(TransportError::from).transpose().map(|msg| msg.map(Some))
+    fn try_recv_now(&mut self, may_read: bool) -> Option<Result<Option<Bytes>, TransportError>> {
+        // A message complete in the read buffer first: no read from the socket.
+        match TcpReceiver::try_recv(self).map_err(TransportError::from).transpose() {
+            Some(msg) => Some(msg.map(Some)),
+            None if may_read => futures_util::FutureExt::now_or_never(FrameReceiver::recv(self)),
+            None => None,
+        }
     }
 }
 
@@ -148,10 +152,10 @@ impl FrameReceiver for PrefixedReceiver {
         Ok(self.inner.recv().await?)
     }
 
-    fn try_recv_now(&mut self) -> Option<Result<Option<Bytes>, TransportError>> {
+    fn try_recv_now(&mut self, may_read: bool) -> Option<Result<Option<Bytes>, TransportError>> {
         match self.first.take() {
             Some(first) => Some(Ok(Some(first))),
-            None => self.inner.try_recv_now(),
+            None => self.inner.try_recv_now(may_read),
         }
     }
 }
@@ -176,5 +180,42 @@ impl Transport for TcpHalves {
             self.sender,
             PrefixedReceiver { first: self.first, inner: self.receiver },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BufMut;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn try_recv_now_reads_the_socket_only_when_allowed() {
+        let listener = TcpListener::bind("127.0.0.1:0", TcpConfig::default()).await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let (client, server) = tokio::join!(TcpConnection::connect(addr, TcpConfig::default()), listener.accept());
+        let (mut tx, _rx) = client.expect("connect").split();
+        let (_server_tx, mut rx) = server.expect("accept").split();
+        let send = |tx: &mut TcpSender, body: &[u8]| {
+            let mut buf = tx.buffer(body.len());
+            buf.body_mut().put_slice(body);
+            tx.feed(buf).expect("feed");
+        };
+        send(&mut tx, b"one");
+        send(&mut tx, b"two");
+        tx.flush().await.expect("flush");
+        // Both are in the socket before the first read, so one read takes both.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert_eq!(FrameReceiver::recv(&mut rx).await.expect("recv").as_deref(), Some(&b"one"[..]));
+        // "two" came in the same read: taken from the buffer, with or without leave to read.
+        let two = rx.try_recv_now(false).expect("buffered").expect("no error");
+        assert_eq!(two.as_deref(), Some(&b"two"[..]));
+        send(&mut tx, b"three");
+        tx.flush().await.expect("flush");
+        // Give loopback time to deliver: then only a read finds it.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(rx.try_recv_now(false).is_none(), "nothing buffered and no leave to read");
+        let three = rx.try_recv_now(true).expect("read").expect("no error");
+        assert_eq!(three.as_deref(), Some(&b"three"[..]));
     }
 }
