@@ -242,6 +242,8 @@ pub(super) struct Serving<'a> {
     pub(super) calls: CallPool,
 }
 
+/// Hands a session event to its call. `heard` is when the frames of this pass were read: a new
+/// server call's start, for its log line (no clock read of its own on the round trip's path).
 pub(super) fn dispatch<B: crate::transport::SendBuffer>(
     event: Event,
     session: &mut Session<Outgoing<B>>,
@@ -249,6 +251,7 @@ pub(super) fn dispatch<B: crate::transport::SendBuffer>(
     serving: &Serving<'_>,
     fresh: &mut Vec<Fresh>,
     pool: &mut SlotPool,
+    heard: Instant,
 ) {
     let Serving { router, ctl, peer, .. } = *serving;
     match event {
@@ -269,7 +272,7 @@ pub(super) fn dispatch<B: crate::transport::SendBuffer>(
                         acks: VecDeque::new(),
                         handler: None,
                         method: MethodName::Static(method),
-                        started: now(),
+                        started: heard,
                         bytes_in: 0,
                         bytes_out: 0,
                     };

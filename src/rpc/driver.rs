@@ -76,6 +76,8 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
     let sleep = tokio::time::sleep_until(now().into());
     tokio::pin!(sleep);
     let mut armed: Option<Instant> = None;
+    // When frames were last read.
+    let mut heard = now();
     let mut send_failed = false;
     let mut final_status = Status::ok();
     // This pass handed client handles something (a reply, stream data, a call's end): their
@@ -115,7 +117,7 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
                     }
                     _ => {}
                 }
-                dispatch(event, &mut session, &mut slots, &serving, &mut fresh, &mut pool);
+                dispatch(event, &mut session, &mut slots, &serving, &mut fresh, &mut pool, heard);
             }
             if !fresh.is_empty() {
                 for handler in fresh.drain(..) {
@@ -173,6 +175,7 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
             () = mailbox.ready() => take_commands(&mailbox, role, &mut session, &mut slots, &mut replied),
             msg = receiver.recv() => {
                 let now = now();
+                heard = now;
                 let mut bytes = received_len(&msg);
                 let mut more = handle_received(msg, now, &mut session, &limits, &peer);
                 // Small frames already read join this pass (one write for their replies); large

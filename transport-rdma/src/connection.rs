@@ -239,7 +239,7 @@ impl RdmaConnection {
     pub fn split(self) -> (RdmaAlloc, RdmaSender, RdmaReceiver) {
         let alloc = RdmaAlloc::new(&self.inner);
         let sender = RdmaSender::new(self.inner.clone(), self.tcp);
-        let receiver = RdmaReceiver { inner: self.inner, incoming: self.incoming, spin_until: None };
+        let receiver = RdmaReceiver { inner: self.inner, incoming: self.incoming, spin: Spin::Off };
         (alloc, sender, receiver)
     }
 }
@@ -248,8 +248,20 @@ impl RdmaConnection {
 pub struct RdmaReceiver {
     inner: Arc<Inner>,
     incoming: mpsc::UnboundedReceiver<Result<Bytes, RdmaError>>,
-    /// While waiting before this, the receiver reaps the CQ itself (see `reap.rs`).
-    spin_until: Option<Instant>,
+    /// While spinning, the receiver reaps the CQ itself (see `reap.rs`).
+    spin: Spin,
+}
+
+/// The polling window after the last message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Spin {
+    /// Wait for the poller task.
+    Off,
+    /// A message was taken; the window starts at the first look that finds nothing (so taking a
+    /// message costs no clock read: that is the round trip's path).
+    Armed,
+    /// Spin until then.
+    Until(Instant),
 }
 
 impl RdmaReceiver {
@@ -267,9 +279,22 @@ impl RdmaReceiver {
                 Err(mpsc::error::TryRecvError::Empty) => {}
             }
             let now = Instant::now();
-            let Some(end) = self.spin_until.filter(|end| now < *end && !self.inner.is_closed()) else {
-                break;
+            let end = match self.spin {
+                Spin::Off => break,
+                Spin::Until(end) => end,
+                Spin::Armed => {
+                    let end = match self.inner.config.poll {
+                        crate::PollMode::Adaptive(budget) => now + budget,
+                        // Far enough to never end; the lease is renewed for a millisecond at a time.
+                        crate::PollMode::BusyPoll => now + std::time::Duration::from_secs(86_400 * 365),
+                    };
+                    self.spin = Spin::Until(end);
+                    end
+                }
             };
+            if now >= end || self.inner.is_closed() {
+                break;
+            }
             self.inner.lease.hold(now, end);
             let progressed = match self.inner.reaper.try_lock() {
                 Ok(mut reaper) => match crate::reap::step(&self.inner, &mut reaper) {
@@ -287,7 +312,7 @@ impl RdmaReceiver {
             }
         }
         // Out of budget: the poller task takes over, and this waits for it.
-        self.spin_until = None;
+        self.spin = Spin::Off;
         self.inner.lease.release();
         match self.incoming.recv().await {
             Some(message) => self.taken(message),
@@ -296,11 +321,7 @@ impl RdmaReceiver {
     }
 
     fn taken(&mut self, message: Result<Bytes, RdmaError>) -> Result<Option<Bytes>, RdmaError> {
-        self.spin_until = match self.inner.config.poll {
-            crate::PollMode::Adaptive(budget) => Some(Instant::now() + budget),
-            // Far enough to never end; the lease is renewed for a millisecond at a time.
-            crate::PollMode::BusyPoll => Some(Instant::now() + std::time::Duration::from_secs(86_400 * 365)),
-        };
+        self.spin = Spin::Armed;
         message.map(Some)
     }
 }

@@ -46,9 +46,21 @@ pub struct TcpReceiver {
     spares: Vec<(BytesMut, usize)>,
     /// Size of the allocation `buf` is in (capacity as reserved).
     buf_size: usize,
-    /// With [`TcpConfig::busy_poll`]: spin on non-blocking reads until then (set from the last
-    /// message received) before sleeping in the reactor.
-    spin_until: Option<Instant>,
+    /// With [`TcpConfig::busy_poll`]: whether to spin on non-blocking reads before sleeping in
+    /// the reactor.
+    spin: Spin,
+}
+
+/// The busy-polling window after the last read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Spin {
+    /// Sleep in the reactor.
+    Off,
+    /// Data was read; the window starts at the first read that finds nothing (so a read that
+    /// returns data costs no clock read: that is the round trip's path).
+    Armed,
+    /// Spin until then.
+    Until(Instant),
 }
 
 impl TcpReceiver {
@@ -63,7 +75,7 @@ impl TcpReceiver {
             min_spare: read_reserve / 4,
             spares: Vec::new(),
             buf_size: read_reserve,
-            spin_until: None,
+            spin: Spin::Off,
         }
     }
 
@@ -91,31 +103,41 @@ impl TcpReceiver {
                 return Ok(Some(message));
             }
             self.ensure_spare_capacity();
-            let read = match self.spin_until {
-                Some(until) => self.spin_read(until).await?,
-                None => self.reader.read_buf(&mut self.buf).await?,
+            let read = match self.spin {
+                Spin::Off => self.reader.read_buf(&mut self.buf).await?,
+                Spin::Armed | Spin::Until(_) => self.spin_read().await?,
             };
             if read == 0 {
                 return self.at_eof();
             }
-            if let Some(budget) = self.config.busy_poll {
-                self.spin_until = Instant::now().checked_add(budget);
+            if self.config.busy_poll.is_some() {
+                self.spin = Spin::Armed;
             }
         }
     }
 
     /// Busy-polling: non-blocking reads, yielding to the runtime between them (which polls the
-    /// reactor, so readiness is current), until data arrives or `until` passes; then a plain read.
-    /// Cancel-safe like `recv`: what was read stays in the buffer.
-    async fn spin_read(&mut self, until: Instant) -> Result<usize, TcpError> {
+    /// reactor, so readiness is current), until data arrives or the window (which starts at the
+    /// first read that finds nothing) passes; then a plain read. Cancel-safe like `recv`: what
+    /// was read stays in the buffer.
+    async fn spin_read(&mut self) -> Result<usize, TcpError> {
         loop {
             match self.reader.try_read_buf(&mut self.buf) {
                 Ok(read) => return Ok(read),
                 Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(err) => return Err(err.into()),
             }
-            if Instant::now() >= until {
-                self.spin_until = None;
+            let now = Instant::now();
+            let until = match self.spin {
+                Spin::Until(until) => until,
+                Spin::Armed | Spin::Off => {
+                    let until = now.checked_add(self.config.busy_poll.unwrap_or_default()).unwrap_or(now);
+                    self.spin = Spin::Until(until);
+                    until
+                }
+            };
+            if now >= until {
+                self.spin = Spin::Off;
                 return Ok(self.reader.read_buf(&mut self.buf).await?);
             }
             tokio::task::yield_now().await;
