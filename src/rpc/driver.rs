@@ -228,8 +228,8 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
     final_status
 }
 
-/// Returns once every task that was runnable when it was called has run: it wakes its own task
-/// and is pending once, and tokio queues a task that woke itself behind the others.
+/// Steps aside once: wakes its own task and is pending, and tokio queues a task that woke itself
+/// behind the tasks already runnable on its worker, so those run first (no park, no epoll).
 async fn run_others_first() {
     let mut yielded = false;
     std::future::poll_fn(|cx| {
