@@ -30,7 +30,7 @@
 //!   leave as one `IoSlice`; an optional payload [`bytes::Bytes`] follows as
 //!   another, so neither the body nor the payload is copied.
 //!   Messages are queued with [`TcpSender::feed`] and written in batches by
-//!   [`TcpSender::flush`] (up to 64 slices per system call).
+//!   [`TcpSender::flush`] (up to 16 slices per system call).
 //! * **Receive:** [`TcpReceiver::recv`] returns each message as a
 //!   [`bytes::Bytes`] that owns its slice of the read buffer (`split_to` +
 //!   `freeze`), without copying it.

@@ -13,8 +13,13 @@ use crate::error::TcpError;
 use crate::pool::BufPool;
 use crate::send_buf::SendBuf;
 
-/// Most `IoSlice`s handed to one `writev` call.
-const MAX_IO_SLICES: usize = 64;
+/// Most `IoSlice`s handed to one `writev` call: 16 small messages. A batch is written in such
+/// chunks so the peer starts on the first while the rest are still being written. With 64 calls
+/// in flight, writing 64 small messages in one `writev` halved the calls per second against 32 per
+/// call (each message was two slices then, prefix and body), and 16 did best on a 2-core host:
+/// 64 B, 64 in flight, 355–385 k (one `writev` per 64) → 625–752 k (per 32) and 668–759 k calls/s
+/// (per 16), and 4 KiB 277–295 k → 290–331 k and 300–357 k.
+const MAX_IO_SLICES: usize = 16;
 
 /// One piece of queued output; the queue never holds an empty segment.
 #[derive(Debug)]
@@ -151,8 +156,8 @@ impl TcpSender {
         self.queued_bytes >= self.config.max_batch_bytes
     }
 
-    /// Writes everything queued, with as few `writev` calls as possible (at
-    /// most 64 slices each; `write` for a single one), handling partial
+    /// Writes everything queued, in `writev` calls of at most 16 slices
+    /// (`write` for a single one; see `MAX_IO_SLICES`), handling partial
     /// writes. Nothing is copied.
     pub async fn flush(&mut self) -> Result<(), TcpError> {
         if self.closed {
