@@ -72,8 +72,9 @@ pub(super) fn apply_buf<B: crate::transport::SendBuffer>(
 }
 
 /// Applies a command from a call handle. A server's unary reply leaves its call's bookkeeping
-/// to [`finish_replied`], which the driver runs once the reply is written: closing the slot
-/// (its status, the handle's `Closed`, the log line) is not on the round trip's path.
+/// to [`finish_replied`], which the driver runs after the pass's write (at once when nothing
+/// waits to be written, e.g. the reply is held back by flow control): closing the slot (its
+/// status, the handle's `Closed`, the log line) is then not on the round trip's path.
 pub(super) fn apply_ctl<B: crate::transport::SendBuffer>(
     cmd: CallCommand,
     session: &mut Session<Outgoing<B>>,

@@ -67,7 +67,7 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
         Err(err) => return Status::internal(err.to_string()),
     };
     let mut slots: IdMap<Slot> = IdMap::default();
-    // Server calls whose last reply is queued: their slots close once it is written.
+    // Server calls whose last reply is queued: their slots close after the pass's write.
     let mut replied: Vec<u64> = Vec::new();
     // Handlers routed in this pass, polled once inline before any is given a task of its own.
     let mut fresh: Vec<Fresh> = Vec::new();

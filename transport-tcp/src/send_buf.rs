@@ -43,7 +43,7 @@ impl SendBuf {
 
     /// Body bytes written so far (length prefix not counted).
     pub fn len(&self) -> usize {
-        self.framed.len() - LENGTH_PREFIX_LEN
+        self.framed.len().saturating_sub(LENGTH_PREFIX_LEN)
     }
 
     /// Whether no body byte has been written yet.
@@ -62,8 +62,9 @@ impl SendBuf {
     }
 
     /// The buffer to append the body to, with [`bytes::BufMut`]. It starts with the room for the
-    /// length prefix: append to it, and use [`truncate`](Self::truncate) and
-    /// [`clear`](Self::clear) to cut the body back.
+    /// length prefix: only append to it, and cut the body back with [`truncate`](Self::truncate)
+    /// or [`clear`](Self::clear) of this type. (Cut through this `BytesMut` into the room, the
+    /// message is empty: what is left counts as room, as do bytes written over it.)
     pub fn body_mut(&mut self) -> &mut BytesMut {
         &mut self.framed
     }
@@ -93,10 +94,15 @@ impl SendBuf {
     /// Writes `prefix` into the room and returns the whole message, prefix first (the sender's
     /// end of the buffer).
     pub(crate) fn into_framed(mut self, prefix: [u8; LENGTH_PREFIX_LEN]) -> BytesMut {
-        if let Some(room) = self.framed.get_mut(..LENGTH_PREFIX_LEN) {
-            room.copy_from_slice(&prefix);
+        match self.framed.get_mut(..LENGTH_PREFIX_LEN) {
+            Some(room) => {
+                room.copy_from_slice(&prefix);
+                self.framed
+            }
+            // The room was cut into through `body_mut`: an empty message (`len` is 0), sent as
+            // its prefix alone so the stream stays framed.
+            None => BytesMut::from(&prefix[..]),
         }
-        self.framed
     }
 }
 
@@ -132,6 +138,15 @@ mod tests {
         assert!(buf.is_empty());
         buf.truncate(100);
         assert!(buf.is_empty(), "truncating past the end changes nothing");
+    }
+
+    #[test]
+    fn a_buffer_cut_below_its_room_still_frames_a_whole_message() {
+        let mut buf = SendBuf::from(&b"abcdef"[..]);
+        buf.body_mut().truncate(2);
+        assert_eq!(buf.len(), 0, "no underflow");
+        assert!(buf.as_slice().is_empty());
+        assert_eq!(&buf.into_framed([0; 4])[..], &[0; 4], "an empty message, framed");
     }
 
     #[test]

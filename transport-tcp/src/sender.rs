@@ -294,6 +294,18 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_buffer_cut_into_its_room_goes_out_as_an_empty_message() {
+        let (mut tx, _peer) = sender().await;
+        let mut cut = tx.buffer(8);
+        cut.body_mut().put_slice(b"xyz");
+        cut.body_mut().clear();
+        tx.feed(cut).expect("feed");
+        tx.feed(SendBuf::from(&b"ab"[..])).expect("feed");
+        assert_eq!(flat(&tx), b"\0\0\0\0\0\0\0\x02ab".to_vec(), "the stream stays framed");
+        assert_eq!(tx.queued_bytes(), 4 + 4 + 2);
+    }
+
+    #[tokio::test]
     async fn partial_writes_resume_inside_a_segment() {
         let (mut tx, _peer) = sender().await;
         tx.feed(SendBuf::from(&b"hello"[..])).expect("feed");
