@@ -144,6 +144,14 @@ impl ServerCall {
         let sender = ResponseSender::new(self.id, self.ctl.clone(), self.shared, self.replies.clone());
         (receiver, sender, self.ctx, Finisher { id: self.id, ctl: self.ctl, replies: self.replies })
     }
+
+    /// As [`into_parts`](Self::into_parts), without a response stream: what a unary handler
+    /// needs (a call's handles share its state by reference count, so building a sender only to
+    /// drop it costs three counted references on every call).
+    fn into_unary_parts<Req: Message + Default>(self) -> (CallReceiver<Req>, RequestContext, Finisher) {
+        let receiver = CallReceiver::new(self.id, self.ctl.clone(), self.shared, None);
+        (receiver, self.ctx, Finisher { id: self.id, ctl: self.ctl, replies: self.replies })
+    }
 }
 
 /// Ends a server call: the final reply or status.
@@ -191,7 +199,7 @@ where
     F: FnOnce(Req, RequestContext) -> Fut,
     Fut: Future<Output = Result<Res, Status>>,
 {
-    let (mut requests, _, ctx, finish) = call.into_parts::<Req, Res>();
+    let (mut requests, ctx, finish) = call.into_unary_parts::<Req>();
     match single_request(&mut requests).await {
         Ok(request) => finish.result(handler(request, ctx).await),
         Err(status) => finish.status(status),
