@@ -34,36 +34,48 @@ impl CallHeaderRef<'_> {
             0 => 0,
             micros => encoding::uint64::encoded_len(2, &micros),
         };
-        method
-            + timeout
-            + encoding::hash_map::encoded_len(
+        let metadata = match self.metadata.is_empty() {
+            true => 0,
+            false => encoding::hash_map::encoded_len(
                 encoding::string::encoded_len,
                 encoding::string::encoded_len,
                 3,
                 self.metadata,
-            )
+            ),
+        };
+        method + timeout + metadata
     }
 
-    /// Writes the length prefix, then the message.
-    fn encode_length_delimited(&self, buf: &mut impl BufMut) {
-        encoding::encode_varint(self.encoded_len() as u64, buf);
+    /// Writes the length prefix (`len`: [`encoded_len`](Self::encoded_len)), then the message.
+    /// The prefix and the method's key and length go out as one slice: a transport buffer's
+    /// `put_u8` checks its capacity byte by byte, and this is on every call's path.
+    fn encode_length_delimited(&self, len: usize, buf: &mut impl BufMut) {
+        // Two varints (at most 10 bytes each for a u64) and a one-byte key.
+        const HEAD: usize = 21;
+        let mut head = [0u8; HEAD];
+        let mut free = &mut head[..];
+        encoding::encode_varint(len as u64, &mut free);
         if !self.method.is_empty() {
-            encoding::encode_key(1, WireType::LengthDelimited, buf);
-            encoding::encode_varint(self.method.len() as u64, buf);
-            buf.put_slice(self.method.as_bytes());
+            encoding::encode_key(1, WireType::LengthDelimited, &mut free);
+            encoding::encode_varint(self.method.len() as u64, &mut free);
         }
+        let used = HEAD - free.len();
+        buf.put_slice(&head[..used]);
+        buf.put_slice(self.method.as_bytes());
         if self.timeout_micros != 0 {
             encoding::uint64::encode(2, &self.timeout_micros, buf);
         }
-        encoding::hash_map::encode(
-            encoding::string::encode,
-            encoding::string::encoded_len,
-            encoding::string::encode,
-            encoding::string::encoded_len,
-            3,
-            self.metadata,
-            buf,
-        );
+        if !self.metadata.is_empty() {
+            encoding::hash_map::encode(
+                encoding::string::encode,
+                encoding::string::encoded_len,
+                encoding::string::encode,
+                encoding::string::encoded_len,
+                3,
+                self.metadata,
+                buf,
+            );
+        }
     }
 }
 
@@ -82,7 +94,7 @@ pub(crate) async fn encode_call<A: BufferAlloc, M: Message>(
     let mut buf = alloc.alloc(total).await.map_err(transport_status)?;
     let writer = buf.writer();
     writer.put_bytes(0, HEADER_LEN);
-    header.encode_length_delimited(writer);
+    header.encode_length_delimited(header_len, writer);
     if let Some(message) = message {
         message.encode(writer).map_err(encode_status)?;
     }
@@ -134,7 +146,8 @@ mod tests {
         ] {
             let owned = pb::CallHeader { method: method.into(), timeout_micros, metadata: metadata.clone() };
             let mut borrowed = Vec::new();
-            CallHeaderRef { method, timeout_micros, metadata }.encode_length_delimited(&mut borrowed);
+            let header = CallHeaderRef { method, timeout_micros, metadata };
+            header.encode_length_delimited(header.encoded_len(), &mut borrowed);
             assert_eq!(borrowed, owned.encode_length_delimited_to_vec(), "{method:?} {timeout_micros}");
         }
     }

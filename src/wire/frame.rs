@@ -118,13 +118,7 @@ impl Frame {
         Ok(match header.kind {
             Kind::Settings => Frame::Settings(decode_proto(header.kind, body)?),
             Kind::Call => {
-                let header_len = prost::encoding::decode_varint(&mut body)
-                    .map_err(|_| WireError::Malformed { kind: Kind::Call, reason: "bad call header length" })?;
-                let header_len = usize::try_from(header_len).unwrap_or(usize::MAX);
-                if header_len > body.len() {
-                    return Err(WireError::Truncated { what: "call header", needed: header_len, got: body.len() });
-                }
-                let call_header: pb::CallHeader = decode_proto(Kind::Call, body.split_to(header_len))?;
+                let call_header = decode_call_header(&mut body)?;
                 if std::str::from_utf8(&call_header.method).is_err() {
                     return Err(WireError::Malformed { kind: Kind::Call, reason: "method is not UTF-8" });
                 }
@@ -233,6 +227,46 @@ fn put_proto(message: &impl prost::Message, buf: &mut impl BufMut) {
     if let Err(err) = message.encode(buf) {
         tracing::error!(%err, "frame buffer too small for its body");
     }
+}
+
+/// Takes the length-delimited call header off the front of a CALL body.
+pub(super) fn decode_call_header(body: &mut Bytes) -> Result<pb::CallHeader, WireError> {
+    let header_len = prost::encoding::decode_varint(body)
+        .map_err(|_| WireError::Malformed { kind: Kind::Call, reason: "bad call header length" })?;
+    let header_len = usize::try_from(header_len).unwrap_or(usize::MAX);
+    if header_len > body.len() {
+        return Err(WireError::Truncated { what: "call header", needed: header_len, got: body.len() });
+    }
+    if let Some(header) = plain_call_header(body, header_len) {
+        body.advance(header_len);
+        return Ok(header);
+    }
+    decode_proto(Kind::Call, body.split_to(header_len))
+}
+
+/// The call header in its usual shape (a method, then maybe a timeout, no metadata), read
+/// without prost's general decoder: a call's path from read to handler goes through here. `None`
+/// for any other shape (metadata, fields out of order or repeated, unknown fields, a varint
+/// prost would refuse), which prost then decodes, or refuses, as it would anyway.
+fn plain_call_header(body: &Bytes, header_len: usize) -> Option<pb::CallHeader> {
+    const METHOD_KEY: u8 = 1 << 3 | 2; // field 1, length-delimited
+    const TIMEOUT_KEY: u8 = 2 << 3; // field 2, varint
+    let encoded = body.get(..header_len)?;
+    let mut rest = encoded;
+    let mut method = Bytes::new();
+    if let Some((&METHOD_KEY, after)) = rest.split_first() {
+        rest = after;
+        let len = usize::try_from(prost::encoding::decode_varint(&mut rest).ok()?).ok()?;
+        let start = header_len - rest.len();
+        rest = rest.get(len..)?;
+        method = body.slice(start..start + len);
+    }
+    let mut timeout_micros = 0;
+    if let Some((&TIMEOUT_KEY, after)) = rest.split_first() {
+        rest = after;
+        timeout_micros = prost::encoding::decode_varint(&mut rest).ok()?;
+    }
+    rest.is_empty().then(|| pb::CallHeader { method, timeout_micros, metadata: Default::default() })
 }
 
 fn decode_proto<M: prost::Message + Default>(kind: Kind, body: Bytes) -> Result<M, WireError> {

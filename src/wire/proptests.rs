@@ -3,6 +3,7 @@
 
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
+use prost::Message as _;
 
 use super::*;
 use crate::pb::rpc as pb;
@@ -64,6 +65,41 @@ proptest! {
         prop_assert_eq!(buf.len(), frame.encoded_len());
         let decoded = Frame::decode(buf.freeze(), &WireLimits::default());
         prop_assert_eq!(decoded, Ok(frame));
+    }
+
+    /// The plain-shape fast path of the call header decodes as prost does: the same header from
+    /// any encoding prost accepts, the same refusal (through prost) of what it does not, and the
+    /// same bytes left for the message.
+    #[test]
+    fn call_headers_decode_as_prost_decodes_them(
+        header in (
+            "/[a-z.]{0,20}/[A-Za-z]{0,12}",
+            prop_oneof![Just(0u64), any::<u64>()],
+            proptest::collection::hash_map("[a-z]{1,8}", ".{0,8}", 0..2),
+        ),
+        noise in proptest::collection::vec(any::<u8>(), 0..24),
+        tail in proptest::collection::vec(any::<u8>(), 0..8),
+        use_noise in any::<bool>(),
+    ) {
+        let (method, timeout_micros, metadata) = header;
+        let encoded = if use_noise {
+            noise
+        } else {
+            pb::CallHeader { method: method.into_bytes().into(), timeout_micros, metadata }.encode_to_vec()
+        };
+        let mut body = BytesMut::new();
+        prost::encoding::encode_varint(encoded.len() as u64, &mut body);
+        body.extend_from_slice(&encoded);
+        body.extend_from_slice(&tail);
+        let mut fast = body.freeze();
+        let expected = pb::CallHeader::decode(&encoded[..]);
+        match super::frame::decode_call_header(&mut fast) {
+            Ok(header) => {
+                prop_assert_eq!(Ok(header), expected.map_err(|_| ()));
+                prop_assert_eq!(&fast[..], &tail[..]);
+            }
+            Err(_) => prop_assert!(expected.is_err()),
+        }
     }
 
     #[test]
