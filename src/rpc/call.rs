@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use super::client::Client;
 use super::codec;
 use super::command::{BufCommand, CallCommand, CallEvent, CallRef};
+use super::events::After;
 use super::mailbox::Ctl;
 use crate::status::Status;
 use crate::transport::ReplyAlloc;
@@ -85,14 +86,14 @@ impl<M: Message + Default> CallReceiver<M> {
         }
         // Credit for the peer's last message is not returned: it may send nothing more, and the
         // session ignores credit for a call the peer has half-closed.
-        let event = self.shared.next_event_and_end().await;
+        let event = self.shared.next_event_and_after().await;
         match event {
-            Some((CallEvent::Message(bytes), last)) => {
-                self.consumed(bytes.len(), last);
+            Some((CallEvent::Message(bytes), after)) => {
+                self.consumed(bytes.len(), after);
                 Ok(Some(Incoming::Message(bytes)))
             }
-            Some((CallEvent::Data(bytes), last)) => {
-                self.consumed(bytes.len(), last);
+            Some((CallEvent::Data(bytes), after)) => {
+                self.consumed(bytes.len(), after);
                 Ok(Some(Incoming::Data(bytes)))
             }
             Some((CallEvent::End, _)) => {
@@ -129,9 +130,15 @@ impl<M: Message + Default> CallReceiver<M> {
         reply.ok_or_else(|| Status::internal("the server ended the call without a reply"))
     }
 
-    fn consumed(&self, len: usize, last: bool) {
-        if !last {
-            let _ = self.ctl.send(CallCommand::Consumed { id: self.id, len });
+    /// Returns credit for a message taken, unless the peer sends nothing more; notes the end
+    /// when it came with the message.
+    fn consumed(&mut self, len: usize, after: After) {
+        match after {
+            After::More => {
+                let _ = self.ctl.send(CallCommand::Consumed { id: self.id, len });
+            }
+            After::Ended => self.done = true,
+            After::Closing => {}
         }
     }
 

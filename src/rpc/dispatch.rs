@@ -312,10 +312,11 @@ fn deliver(slots: &mut IdMap<Slot>, role: Role, id: u64, event: CallEvent, end: 
         if let CallEvent::Message(body) | CallEvent::Data(body) = &event {
             slot.bytes_in += body.len() as u64;
         }
-        slot.events.send(event);
         // A client learns the end from `Closed`; a server's handler needs the half-close.
         if end && role == Role::Server {
-            slot.events.send(CallEvent::End);
+            slot.events.send_ending(event);
+        } else {
+            slot.events.send(event);
         }
     }
 }

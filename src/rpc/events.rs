@@ -96,12 +96,31 @@ impl Queue {
         self.overflow.pop_front()
     }
 
+    /// The oldest event.
+    fn front(&self) -> Option<&CallEvent> {
+        if self.len > 0 { self.inline.get(self.head).and_then(Option::as_ref) } else { self.overflow.front() }
+    }
+
     /// Whether the oldest event is the end of what the peer sends.
     fn ends_next(&self) -> bool {
-        let next =
-            if self.len > 0 { self.inline.get(self.head).and_then(Option::as_ref) } else { self.overflow.front() };
-        matches!(next, Some(CallEvent::End | CallEvent::Closed(_)))
+        matches!(self.front(), Some(CallEvent::End | CallEvent::Closed(_)))
     }
+
+    /// Whether the oldest event is the peer's half-close.
+    fn end_next(&self) -> bool {
+        matches!(self.front(), Some(CallEvent::End))
+    }
+}
+
+/// What is queued right behind an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum After {
+    /// More events may come.
+    More,
+    /// The peer's `End` was, and was taken along: the peer sends nothing more.
+    Ended,
+    /// The call's `Closed` (or an `End` behind an event that is not a message) is next.
+    Closing,
 }
 
 impl CallShared {
@@ -125,19 +144,29 @@ impl CallShared {
     /// The next event, or `None` once the driver let go of the call and every event was taken.
     #[cfg(test)]
     pub(crate) async fn next_event(&self) -> Option<CallEvent> {
-        self.next_event_and_end().await.map(|(event, _)| event)
+        self.next_event_and_after().await.map(|(event, _)| event)
     }
 
-    /// The next event, and whether the peer is known to send nothing more after it (its `End` or
-    /// `Closed` is queued right behind): a message's receiver then owes no flow-control credit.
-    pub(crate) async fn next_event_and_end(&self) -> Option<(CallEvent, bool)> {
+    /// The next event and what is queued right behind it: whether the peer is known to send
+    /// nothing more after it (a message's receiver then owes no flow-control credit). An `End`
+    /// right behind a message or stream data is taken with it ([`After::Ended`]): a unary
+    /// request's receiver then learns the end with the request, in one look at the queue.
+    pub(crate) async fn next_event_and_after(&self) -> Option<(CallEvent, After)> {
         std::future::poll_fn(|cx| self.poll_event(cx)).await
     }
 
-    fn poll_event(&self, cx: &mut Context<'_>) -> Poll<Option<(CallEvent, bool)>> {
+    fn poll_event(&self, cx: &mut Context<'_>) -> Poll<Option<(CallEvent, After)>> {
         let mut queue = self.lock();
         if let Some(event) = queue.pop() {
-            return Poll::Ready(Some((event, queue.ends_next())));
+            let after = if !queue.ends_next() {
+                After::More
+            } else if matches!(event, CallEvent::Message(_) | CallEvent::Data(_)) && queue.end_next() {
+                queue.pop();
+                After::Ended
+            } else {
+                After::Closing
+            };
+            return Poll::Ready(Some((event, after)));
         }
         if queue.closed {
             return Poll::Ready(None);
@@ -219,6 +248,19 @@ impl EventSender {
         let waker = {
             let mut queue = self.0.lock();
             queue.push(event);
+            queue.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Queues an event and the peer's half-close behind it, in one step.
+    pub(crate) fn send_ending(&self, event: CallEvent) {
+        let waker = {
+            let mut queue = self.0.lock();
+            queue.push(event);
+            queue.push(CallEvent::End);
             queue.waker.take()
         };
         if let Some(waker) = waker {
@@ -321,17 +363,34 @@ mod tests {
     async fn a_message_is_last_only_when_the_end_is_queued_behind_it() {
         let shared = CallPool::default().take();
         let tx = EventSender::new(shared.clone());
-        let last = |event: Option<(CallEvent, bool)>| event.map(|(_, last)| last);
+        let after = |event: Option<(CallEvent, After)>| event.map(|(event, after)| (as_byte(Some(event)), after));
         tx.send(data(1));
-        tx.send(data(2));
-        tx.send(CallEvent::End);
-        assert_eq!(last(shared.next_event_and_end().await), Some(false), "another message follows");
-        assert_eq!(last(shared.next_event_and_end().await), Some(true), "the end follows");
-        assert!(matches!(shared.next_event().await, Some(CallEvent::End)));
+        tx.send_ending(data(2));
+        assert_eq!(after(shared.next_event_and_after().await), Some((Some(1), After::More)), "another message follows");
+        assert_eq!(after(shared.next_event_and_after().await), Some((Some(2), After::Ended)), "the end, taken along");
         tx.send(data(4));
-        assert_eq!(last(shared.next_event_and_end().await), Some(false), "nothing queued behind it yet");
+        assert_eq!(
+            after(shared.next_event_and_after().await),
+            Some((Some(4), After::More)),
+            "nothing queued behind it yet"
+        );
         tx.send(data(5));
         tx.send(CallEvent::Closed(Status::ok()));
-        assert_eq!(last(shared.next_event_and_end().await), Some(true), "the call's close follows");
+        assert_eq!(
+            after(shared.next_event_and_after().await),
+            Some((Some(5), After::Closing)),
+            "the call's close follows"
+        );
+        assert!(
+            matches!(shared.next_event().await, Some(CallEvent::Closed(_))),
+            "a close is never taken along: it carries the status"
+        );
+        tx.send(CallEvent::End);
+        tx.send(CallEvent::End);
+        assert_eq!(
+            after(shared.next_event_and_after().await),
+            Some((None, After::Closing)),
+            "only a message takes the end along"
+        );
     }
 }
