@@ -138,6 +138,11 @@ impl<M: Message + Default> CallReceiver<M> {
                 let _ = self.ctl.send(CallCommand::Consumed { id: self.id, len });
             }
             After::Ended => self.done = true,
+            // As a `Closed` event: what comes next is the status, already in `shared`.
+            After::Closed => {
+                self.done = true;
+                self.disarm();
+            }
             After::Closing => {}
         }
     }

@@ -170,22 +170,23 @@ fn finish_slot(slots: &mut IdMap<Slot>, id: u64, status: Status) {
 }
 
 fn close_slot(slot: Slot, id: u64, status: Status) {
-    let _ = slot.events.shared().status.set(status.clone());
-    slot.events.send(CallEvent::Closed(status.clone()));
+    let Slot { events, handler, method, started, bytes_in, bytes_out, .. } = slot;
+    let _ = events.shared().status.set(status.clone());
     if !status.is_ok()
-        && let Some(handler) = &slot.handler
+        && let Some(handler) = &handler
     {
         handler.abort();
     }
     tracing::debug!(
         call = id,
-        method = %slot.method,
-        duration_us = slot.started.elapsed().as_micros() as u64,
-        bytes_in = slot.bytes_in,
-        bytes_out = slot.bytes_out,
+        method = %method,
+        duration_us = started.elapsed().as_micros() as u64,
+        bytes_in,
+        bytes_out,
         code = %status.code,
         "call finished"
     );
+    events.close(CallEvent::Closed(status));
 }
 
 /// A handler routed but not polled yet.

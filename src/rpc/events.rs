@@ -100,16 +100,6 @@ impl Queue {
     fn front(&self) -> Option<&CallEvent> {
         if self.len > 0 { self.inline.get(self.head).and_then(Option::as_ref) } else { self.overflow.front() }
     }
-
-    /// Whether the oldest event is the end of what the peer sends.
-    fn ends_next(&self) -> bool {
-        matches!(self.front(), Some(CallEvent::End | CallEvent::Closed(_)))
-    }
-
-    /// Whether the oldest event is the peer's half-close.
-    fn end_next(&self) -> bool {
-        matches!(self.front(), Some(CallEvent::End))
-    }
 }
 
 /// What is queued right behind an event.
@@ -119,7 +109,11 @@ pub(crate) enum After {
     More,
     /// The peer's `End` was, and was taken along: the peer sends nothing more.
     Ended,
-    /// The call's `Closed` (or an `End` behind an event that is not a message) is next.
+    /// The call's `Closed` was, and was taken along: the call is over, with the status in
+    /// [`CallShared::status`] (always set before `Closed` is queued). A unary reply and the
+    /// call's end then reach the caller in one look at the queue.
+    Closed,
+    /// An `End` or `Closed` is next, behind an event that is not a message.
     Closing,
 }
 
@@ -158,14 +152,16 @@ impl CallShared {
     fn poll_event(&self, cx: &mut Context<'_>) -> Poll<Option<(CallEvent, After)>> {
         let mut queue = self.lock();
         if let Some(event) = queue.pop() {
-            let after = if !queue.ends_next() {
-                After::More
-            } else if matches!(event, CallEvent::Message(_) | CallEvent::Data(_)) && queue.end_next() {
-                queue.pop();
-                After::Ended
-            } else {
-                After::Closing
+            let item = matches!(event, CallEvent::Message(_) | CallEvent::Data(_));
+            let after = match queue.front() {
+                Some(CallEvent::End) if item => After::Ended,
+                Some(CallEvent::Closed(_)) if item => After::Closed,
+                Some(CallEvent::End | CallEvent::Closed(_)) => After::Closing,
+                _ => After::More,
             };
+            if matches!(after, After::Ended | After::Closed) {
+                queue.pop();
+            }
             return Poll::Ready(Some((event, after)));
         }
         if queue.closed {
@@ -231,22 +227,26 @@ impl Drop for CallRef {
 
 /// The driver's end of a call's events; dropping it tells the handle no more will come.
 #[derive(Debug)]
-pub(crate) struct EventSender(CallRef);
+pub(crate) struct EventSender {
+    shared: CallRef,
+    /// [`close`](Self::close) already let go of the queue.
+    closed: bool,
+}
 
 impl EventSender {
     pub(crate) fn new(shared: CallRef) -> Self {
-        EventSender(shared)
+        EventSender { shared, closed: false }
     }
 
     /// The call's shared state.
     pub(crate) fn shared(&self) -> &CallShared {
-        &self.0
+        &self.shared
     }
 
     /// Queues an event and wakes the handle.
     pub(crate) fn send(&self, event: CallEvent) {
         let waker = {
-            let mut queue = self.0.lock();
+            let mut queue = self.shared.lock();
             queue.push(event);
             queue.waker.take()
         };
@@ -258,7 +258,7 @@ impl EventSender {
     /// Queues an event and the peer's half-close behind it, in one step.
     pub(crate) fn send_ending(&self, event: CallEvent) {
         let waker = {
-            let mut queue = self.0.lock();
+            let mut queue = self.shared.lock();
             queue.push(event);
             queue.push(CallEvent::End);
             queue.waker.take()
@@ -269,10 +269,30 @@ impl EventSender {
     }
 }
 
+impl EventSender {
+    /// Queues the call's last event and lets go of the queue, in one step (dropping the sender
+    /// lets go too, with a step of its own).
+    pub(crate) fn close(mut self, event: CallEvent) {
+        self.closed = true;
+        let waker = {
+            let mut queue = self.shared.lock();
+            queue.push(event);
+            queue.closed = true;
+            queue.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
 impl Drop for EventSender {
     fn drop(&mut self) {
+        if self.closed {
+            return;
+        }
         let waker = {
-            let mut queue = self.0.lock();
+            let mut queue = self.shared.lock();
             queue.closed = true;
             queue.waker.take()
         };
@@ -378,12 +398,8 @@ mod tests {
         tx.send(CallEvent::Closed(Status::ok()));
         assert_eq!(
             after(shared.next_event_and_after().await),
-            Some((Some(5), After::Closing)),
-            "the call's close follows"
-        );
-        assert!(
-            matches!(shared.next_event().await, Some(CallEvent::Closed(_))),
-            "a close is never taken along: it carries the status"
+            Some((Some(5), After::Closed)),
+            "the close, taken along"
         );
         tx.send(CallEvent::End);
         tx.send(CallEvent::End);
@@ -392,5 +408,20 @@ mod tests {
             Some((None, After::Closing)),
             "only a message takes the end along"
         );
+    }
+
+    #[tokio::test]
+    async fn closing_queues_the_last_event_and_ends_the_queue_in_one_step() {
+        let shared = CallPool::default().take();
+        let tx = EventSender::new(shared.clone());
+        let waiter = tokio::spawn({
+            let shared = shared.clone();
+            async move { (shared.next_event().await, shared.next_event().await.is_none()) }
+        });
+        tokio::task::yield_now().await;
+        tx.close(CallEvent::Closed(Status::cancelled("gone")));
+        let (last, ended) = waiter.await.expect("waiter");
+        assert!(matches!(last, Some(CallEvent::Closed(status)) if status.code == Status::cancelled("").code));
+        assert!(ended, "nothing follows a close");
     }
 }
