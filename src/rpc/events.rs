@@ -267,9 +267,7 @@ impl EventSender {
             waker.wake();
         }
     }
-}
 
-impl EventSender {
     /// Queues the call's last event and lets go of the queue, in one step (dropping the sender
     /// lets go too, with a step of its own).
     pub(crate) fn close(mut self, event: CallEvent) {
