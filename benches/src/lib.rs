@@ -4,6 +4,8 @@
 //! - [`RpcEchoServer`]: an rdma-rpc server (echo service) on 127.0.0.1 over the TCP transport (or
 //!   on any address, offering RDMA), and clients connected to it.
 //! - [`raw`]: plain tokio TCP echo and copy servers, the floor the RPC stack is compared with.
+//! - [`raw_rdma`]: an echo over the bare RDMA transport (no frame, session or protobuf), the
+//!   floor between perftest and rdma-rpc over RDMA.
 //! - [`tonic_echo`]: the same echo service over tonic (gRPC), the other baseline.
 //! - [`alloc_count`]: a counting global allocator for allocations per call.
 //!
@@ -12,6 +14,7 @@
 pub mod alloc_count;
 pub mod raw;
 mod raw_frames;
+pub mod raw_rdma;
 pub mod tonic_echo;
 
 pub use raw::{

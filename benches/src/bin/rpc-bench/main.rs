@@ -3,7 +3,9 @@
 //!
 //! - unary echo round trips (64 B, 4 KiB, 64 KiB; 1 and 64 calls in flight): rdma-rpc over TCP,
 //!   over RDMA when an address is given (`--rdma ADDR` or `RDMA_TEST_ADDR`), a raw tokio TCP echo
-//!   and tonic (gRPC) with the same prost messages: p50/p99/p99.9 and calls per second;
+//!   and tonic (gRPC) with the same prost messages: p50/p99/p99.9 and calls per second; with RDMA,
+//!   also rdma-rpc's RDMA transport alone echoing (one in flight: the layers between perftest and
+//!   the RPC);
 //! - stream echo throughput (1 MiB chunks; 64 KiB over RDMA, whose messages fit one registered
 //!   buffer): rdma-rpc `Pipe`, tonic `EchoStream`, a raw TCP copy loop;
 //! - heap allocations per unary call in steady state, client and server side, from a counting
@@ -33,8 +35,9 @@ use rdma_rpc_benches::alloc_count::{CountingAlloc, Side, set_side};
 use rdma_rpc_benches::tonic_echo::{TonicEchoClient, TonicEchoServer};
 use rdma_rpc_benches::{RawCopyServer, RawEchoServer, RawPipelinedClient, RawSinkServer, RpcEchoServer, payload};
 
-use report::{RAW, RAW_BUSY, RPC_RDMA, RPC_TCP, RPC_TCP_SLEEP, Report, TONIC, UnaryRow};
-use unary::{Caller, Measured, Raw, RawPipelined, Rpc, Tonic};
+use rdma_rpc_benches::raw_rdma::RawRdmaEchoServer;
+use report::{RAW, RAW_BUSY, RAW_RDMA, RPC_RDMA, RPC_TCP, RPC_TCP_SLEEP, Report, TONIC, UnaryRow};
+use unary::{Caller, Measured, Raw, RawPipelined, RawRdma, Rpc, Tonic};
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
@@ -190,6 +193,8 @@ struct Servers {
     /// The same, sleeping at once instead of spinning after each message.
     rpc_sleep: RpcEchoServer,
     rdma: Option<(RpcEchoServer, RdmaConfig)>,
+    /// The bare RDMA transport's echo on the same device.
+    raw_rdma: Option<RawRdmaEchoServer>,
     raw_echo: RawEchoServer,
     raw_echo_busy: RawEchoServer,
     raw_copy: RawCopyServer,
@@ -200,17 +205,19 @@ struct Servers {
 impl Servers {
     async fn start(rdma: Option<(String, RdmaConfig)>) -> Result<Servers, String> {
         let bind = |err| format!("a server cannot bind: {err}");
-        let rdma = match rdma {
+        let (rdma, raw_rdma) = match rdma {
             Some((addr, config)) => {
                 let server = RpcEchoServer::start_on(&format!("{addr}:0"), Some(config.clone())).await.map_err(bind)?;
-                Some((server, config))
+                let raw = RawRdmaEchoServer::start(&format!("{addr}:0"), config.clone()).await.map_err(bind)?;
+                (Some((server, config)), Some(raw))
             }
-            None => None,
+            None => (None, None),
         };
         Ok(Servers {
             rpc: RpcEchoServer::start().await.map_err(bind)?,
             rpc_sleep: RpcEchoServer::start_with("127.0.0.1:0", no_spin_tcp(), None).await.map_err(bind)?,
             rdma,
+            raw_rdma,
             raw_echo: RawEchoServer::start().await.map_err(bind)?,
             raw_echo_busy: RawEchoServer::start_with(true).await.map_err(bind)?,
             raw_copy: RawCopyServer::start().await.map_err(bind)?,
@@ -284,6 +291,10 @@ async fn measure_all(servers: Arc<Servers>, plan: Plan) -> Result<Report, String
         Some((server, config)) => Some(rdma_client(server, config).await?),
         None => None,
     };
+    let raw_rdma = match servers.raw_rdma.as_ref().filter(|_| plan.measures(RAW_RDMA)) {
+        Some(server) => Some(Arc::new(std::sync::Mutex::new(Some(server.client().await?)))),
+        None => None,
+    };
     let tonic = servers.tonic.client().await.map_err(|err| format!("tonic cannot connect: {err}"))?;
     let raw_err = |err: std::io::Error| format!("raw echo: {err}");
     let pipelined = RawPipelinedClient::connect(&servers.raw_echo).await.map_err(raw_err)?;
@@ -310,6 +321,10 @@ async fn measure_all(servers: Arc<Servers>, plan: Plan) -> Result<Report, String
                 if let Some(rdma) = rdma.as_ref().filter(|_| plan.measures(RPC_RDMA)) {
                     let callers = (0..in_flight).map(|_| Rpc(rdma.clone())).collect();
                     unary::merge_into(&mut cells, RPC_RDMA, unary::run(callers, data.clone(), warm_up, window).await?)?;
+                }
+                if let Some(home) = raw_rdma.as_ref().filter(|_| in_flight == 1) {
+                    let measured = unary::run(vec![RawRdma::take(home)?], data.clone(), warm_up, window).await?;
+                    unary::merge_into(&mut cells, RAW_RDMA, measured)?;
                 }
                 if plan.measures(RAW) {
                     let raw = if in_flight == 1 {

@@ -13,6 +13,9 @@ pub const RPC_TCP: &str = "rdma-rpc tcp";
 pub const RPC_TCP_SLEEP: &str = "rdma-rpc tcp no-spin";
 /// rdma-rpc over RDMA (only when an RDMA address was given).
 pub const RPC_RDMA: &str = "rdma-rpc rdma";
+/// The RDMA transport alone echoing messages, no RPC layers (only with an RDMA address; one call
+/// in flight).
+pub const RAW_RDMA: &str = "raw rdma transport";
 /// The raw tokio TCP echo / copy.
 pub const RAW: &str = "raw tokio tcp";
 /// The raw tokio TCP echo, busy-polling its reads as `RPC_TCP` does (one call in flight).
@@ -77,6 +80,7 @@ impl Report {
         self.write_unary(&mut out);
         self.write_streams(&mut out);
         self.write_allocations(&mut out);
+        self.write_rdma_layers(&mut out);
         self.write_targets(&mut out);
         out
     }
@@ -132,6 +136,25 @@ impl Report {
                 ratio(raw.map(|r| (t.megabytes_per_sec(), r.megabytes_per_sec()))),
             );
         }
+        out.push('\n');
+    }
+
+    /// The RDMA round trip layer by layer: perftest's verbs loop, rdma-rpc's transport alone, the
+    /// whole RPC stack. Printed when the run measured RDMA.
+    fn write_rdma_layers(&self, out: &mut String) {
+        let (Some(rpc), raw) = (self.unary(RPC_RDMA, 64, 1), self.unary(RAW_RDMA, 64, 1)) else { return };
+        let perftest = self.perftest.lat_us.map(|half| 2.0 * half);
+        out.push_str("### RDMA round trip by layer, 64 B, 1 in flight (p50)\n\n");
+        out.push_str("| layer | p50 µs | ÷ perftest round trip | ÷ raw rdma transport |\n|---|---:|---:|---:|\n");
+        let raw_p50 = raw.map(|m| m.micros(50.0));
+        let mut row = |layer: &str, p50: Option<f64>| {
+            let Some(p50) = p50 else { return };
+            let vs = |base: Option<f64>| ratio(base.map(|b| (p50, b)));
+            let _ = writeln!(out, "| {layer} | {p50:.1} | {} | {} |", vs(perftest), vs(raw_p50));
+        };
+        row("perftest: 2 × `ib_send_lat` t_typical (verbs in a tight loop)", perftest);
+        row("raw rdma transport: rdma-rpc's RDMA transport echoing, no RPC layers", raw_p50);
+        row("rdma-rpc rdma: the whole stack (frame, session, call, protobuf)", Some(rpc.micros(50.0)));
         out.push('\n');
     }
 
