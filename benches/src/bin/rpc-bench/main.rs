@@ -227,6 +227,19 @@ impl Servers {
     }
 }
 
+impl Servers {
+    /// A new rdma-rpc connection over RDMA, if this run measures RDMA. Each measurement gets its
+    /// own and drops it (the last client handle closes the connection): with `--busy-poll` an
+    /// idle connection's drivers keep polling their CQ and would slow down whatever else the
+    /// same runtime threads measure.
+    async fn rdma_client(&self) -> Result<Option<EchoClient<RdmaConnection>>, String> {
+        match &self.rdma {
+            Some((server, config)) => Ok(Some(rdma_client(server, config).await?)),
+            None => Ok(None),
+        }
+    }
+}
+
 /// TCP settings of the no-spin rows: sleep in epoll at once, as `--no-spin` does.
 fn no_spin_tcp() -> TcpConfig {
     TcpConfig { busy_poll: None, ..TcpConfig::default() }
@@ -287,14 +300,6 @@ async fn measure_all(servers: Arc<Servers>, plan: Plan) -> Result<Report, String
     let connect_err = |err: Box<dyn std::error::Error + Send + Sync>| format!("cannot connect: {err}");
     let rpc = servers.rpc.client().await.map_err(connect_err)?;
     let rpc_sleep = servers.rpc_sleep.client_with(no_spin_tcp()).await.map_err(connect_err)?;
-    let rdma = match &servers.rdma {
-        Some((server, config)) => Some(rdma_client(server, config).await?),
-        None => None,
-    };
-    let raw_rdma = match servers.raw_rdma.as_ref().filter(|_| plan.measures(RAW_RDMA)) {
-        Some(server) => Some(Arc::new(std::sync::Mutex::new(Some(server.client().await?)))),
-        None => None,
-    };
     let tonic = servers.tonic.client().await.map_err(|err| format!("tonic cannot connect: {err}"))?;
     let raw_err = |err: std::io::Error| format!("raw echo: {err}");
     let pipelined = RawPipelinedClient::connect(&servers.raw_echo).await.map_err(raw_err)?;
@@ -318,12 +323,17 @@ async fn measure_all(servers: Arc<Servers>, plan: Plan) -> Result<Report, String
                     let measured = unary::run(many(&rpc_sleep), data.clone(), warm_up, window).await?;
                     unary::merge_into(&mut cells, RPC_TCP_SLEEP, measured)?;
                 }
-                if let Some(rdma) = rdma.as_ref().filter(|_| plan.measures(RPC_RDMA)) {
+                // RDMA connections last one round: an idle one that busy-polls would take turns
+                // from the measured connection on the same runtime thread.
+                if plan.measures(RPC_RDMA)
+                    && let Some(rdma) = servers.rdma_client().await?
+                {
                     let callers = (0..in_flight).map(|_| Rpc(rdma.clone())).collect();
                     unary::merge_into(&mut cells, RPC_RDMA, unary::run(callers, data.clone(), warm_up, window).await?)?;
                 }
-                if let Some(home) = raw_rdma.as_ref().filter(|_| in_flight == 1) {
-                    let measured = unary::run(vec![RawRdma::take(home)?], data.clone(), warm_up, window).await?;
+                if let Some(server) = servers.raw_rdma.as_ref().filter(|_| in_flight == 1 && plan.measures(RAW_RDMA)) {
+                    let measured =
+                        unary::run(vec![RawRdma(server.client().await?)], data.clone(), warm_up, window).await?;
                     unary::merge_into(&mut cells, RAW_RDMA, measured)?;
                 }
                 if plan.measures(RAW) {
@@ -352,13 +362,13 @@ async fn measure_all(servers: Arc<Servers>, plan: Plan) -> Result<Report, String
     }
 
     if plan.runs(Part::Stream) {
-        measure_streams(&mut report, &servers, &rpc, rdma.as_ref(), &tonic, &plan).await?;
+        measure_streams(&mut report, &servers, &rpc, &tonic, &plan).await?;
     }
     for size in [64, 4096].into_iter().filter(|_| plan.runs(Part::Alloc)) {
         let data = payload(size);
         report.allocations.push((RPC_TCP, size, alloc_of(Rpc(rpc.clone()), &data, &plan).await?));
-        if let Some(rdma) = &rdma {
-            report.allocations.push((RPC_RDMA, size, alloc_of(Rpc(rdma.clone()), &data, &plan).await?));
+        if let Some(rdma) = servers.rdma_client().await? {
+            report.allocations.push((RPC_RDMA, size, alloc_of(Rpc(rdma), &data, &plan).await?));
         }
         let raw = servers.raw_echo.client().await.map_err(raw_err)?;
         report.allocations.push((RAW, size, alloc_of(Raw(raw), &data, &plan).await?));
@@ -371,7 +381,6 @@ async fn measure_streams(
     report: &mut Report,
     servers: &Servers,
     rpc: &EchoClient<TcpConnection>,
-    rdma: Option<&EchoClient<RdmaConnection>>,
     tonic: &TonicEchoClient<tonic::transport::Channel>,
     plan: &Plan,
 ) -> Result<(), String> {
@@ -382,14 +391,14 @@ async fn measure_streams(
     let (mut echo, mut one_way): (stream::Trials, stream::Trials) = Default::default();
     for _ in 0..trials {
         echo.add(RPC_TCP, stream::rpc(rpc, chunk.clone(), count).await?);
-        if let Some(rdma) = rdma {
+        if let Some(rdma) = &servers.rdma_client().await? {
             echo.add(RPC_RDMA, stream::rpc(rdma, payload(RDMA_CHUNK), rdma_count).await?);
         }
         echo.add(RAW, stream::raw(&servers.raw_copy, chunk.clone(), count).await?);
         echo.add(TONIC, stream::tonic(tonic, chunk.clone(), count).await?);
 
         one_way.add(RPC_TCP, stream::rpc_one_way(rpc, chunk.clone(), count).await?);
-        if let Some(rdma) = rdma {
+        if let Some(rdma) = &servers.rdma_client().await? {
             one_way.add(RPC_RDMA, stream::rpc_one_way(rdma, payload(RDMA_CHUNK), rdma_count).await?);
         }
         one_way.add(RAW, stream::raw_one_way(&servers.raw_sink, chunk.clone(), count).await?);
@@ -404,10 +413,7 @@ async fn alloc_of<C: Caller>(caller: C, data: &Bytes, plan: &Plan) -> Result<una
     unary::allocations_per_call(caller, data.clone(), plan.alloc_calls / 2, plan.alloc_calls).await
 }
 
-async fn rdma_client(
-    server: &RpcEchoServer,
-    config: &RdmaConfig,
-) -> Result<EchoClient<rdma_rpc::transport::rdma::RdmaConnection>, String> {
+async fn rdma_client(server: &RpcEchoServer, config: &RdmaConfig) -> Result<EchoClient<RdmaConnection>, String> {
     let options = ConnectOptions { rdma: Some(config.clone()), fallback: false, ..ConnectOptions::default() };
     match server.connect(&options).await.map_err(|err| format!("no RDMA connection to {}: {err}", server.addr()))? {
         Connection::Rdma(client) => Ok(EchoClient::new(client)),

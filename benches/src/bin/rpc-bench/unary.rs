@@ -7,7 +7,6 @@
 //! [`allocations_per_call`] makes calls one at a time and reads the counting allocator around
 //! them.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -58,38 +57,12 @@ impl Caller for Raw {
     }
 }
 
-/// The bare RDMA transport's echo, one round trip at a time. The connection (88 MiB of registered
-/// memory with the defaults) outlives the measurement: dropping the caller puts it back `home`.
-pub struct RawRdma {
-    /// The connection while this caller has it.
-    pub client: Option<RawRdmaEchoClient>,
-    /// Where it goes back when the caller is dropped.
-    pub home: Arc<Mutex<Option<RawRdmaEchoClient>>>,
-}
-
-impl RawRdma {
-    /// Takes the connection from `home` for one measurement.
-    pub fn take(home: &Arc<Mutex<Option<RawRdmaEchoClient>>>) -> Result<RawRdma, String> {
-        let client = home.lock().map_err(|_| "raw rdma client lock poisoned")?.take();
-        match client {
-            Some(client) => Ok(RawRdma { client: Some(client), home: home.clone() }),
-            None => Err("the raw rdma connection is in use or was lost".to_owned()),
-        }
-    }
-}
+/// The bare RDMA transport's echo, one round trip at a time on its own connection.
+pub struct RawRdma(pub RawRdmaEchoClient);
 
 impl Caller for RawRdma {
     async fn call(&mut self, request: &EchoRequest) -> Result<usize, String> {
-        let client = self.client.as_mut().ok_or("the raw rdma caller has no connection")?;
-        Ok(client.round_trip(&request.payload).await?.len())
-    }
-}
-
-impl Drop for RawRdma {
-    fn drop(&mut self) {
-        if let Ok(mut home) = self.home.lock() {
-            *home = self.client.take();
-        }
+        Ok(self.0.round_trip(&request.payload).await?.len())
     }
 }
 
