@@ -6,8 +6,9 @@
 //!   and tonic (gRPC) with the same prost messages: p50/p99/p99.9 and calls per second; with RDMA,
 //!   also rdma-rpc's RDMA transport alone echoing (one in flight: the layers between perftest and
 //!   the RPC);
-//! - stream echo throughput (1 MiB chunks; 64 KiB over RDMA, whose messages fit one registered
-//!   buffer): rdma-rpc `Pipe`, tonic `EchoStream`, a raw TCP copy loop;
+//! - stream echo throughput (1 MiB chunks; 1020 KiB over RDMA, so that a chunk and its frame
+//!   header fit the transport's 1 MiB large buffers): rdma-rpc `Pipe`, tonic `EchoStream`, a raw
+//!   TCP copy loop, then the same one way (`Sink`, a raw read loop);
 //! - heap allocations per unary call in steady state, client and server side, from a counting
 //!   global allocator (`RPC_BENCH_TRACE_ALLOCS=N` prints the backtrace of each allocation of the
 //!   first N measured calls of every cell to stderr, to find where they come from).
@@ -225,9 +226,7 @@ impl Servers {
             tonic: TonicEchoServer::start().await.map_err(bind)?,
         })
     }
-}
 
-impl Servers {
     /// A new rdma-rpc connection over RDMA, if this run measures RDMA. Each measurement gets its
     /// own and drops it (the last client handle closes the connection): with `--busy-poll` an
     /// idle connection's drivers keep polling their CQ and would slow down whatever else the
