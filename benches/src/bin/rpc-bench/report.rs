@@ -88,7 +88,7 @@ impl Report {
     fn write_unary(&self, out: &mut String) {
         out.push_str("### Unary echo: round trip (request and reply), one connection per system\n\n");
         out.push_str(
-            "| payload | in flight | system | p50 µs | p99 µs | p99.9 µs | calls/s | p50 ÷ raw | p50 ÷ tonic | calls/s ÷ raw | calls/s ÷ tonic |\n",
+            "| payload | in flight | system | p50 µs | p99 µs | p99.9 µs | calls/s | p50 ÷ raw tcp | p50 ÷ tonic | calls/s ÷ raw tcp | calls/s ÷ tonic |\n",
         );
         out.push_str("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         for row in &self.unary {
