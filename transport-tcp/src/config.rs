@@ -31,8 +31,8 @@ pub struct TcpConfig {
     /// that comes within the window is read without a wake-up from the kernel, which is most of a
     /// loopback or LAN round trip. The spin yields to the runtime's other tasks; it costs CPU only
     /// while a connection that just received waits for more, at most the window per message.
-    /// `None` sleeps at once (the least CPU, a wake-up per message). Default: [`DEFAULT_SPIN`](Self::DEFAULT_SPIN), as the RDMA transport's
-    /// adaptive polling.
+    /// `None` sleeps at once (the least CPU, a wake-up per message). Default:
+    /// [`DEFAULT_SPIN`](Self::DEFAULT_SPIN), as the RDMA transport's adaptive polling.
     pub busy_poll: Option<std::time::Duration>,
 }
 
