@@ -120,6 +120,8 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
                 dispatch(event, &mut session, &mut slots, &serving, &mut fresh, &mut pool, heard);
             }
             if !fresh.is_empty() {
+                // Their replies are taken just below: a handler's push must not wake this task.
+                mailbox.disarm();
                 for handler in fresh.drain(..) {
                     run_fresh(handler, &mut slots, &ctl, &mut pool);
                 }
@@ -143,6 +145,8 @@ pub(crate) async fn drive<T: Transport>(setup: DriverSetup<T>) -> Status {
             // by itself, which tokio queues behind the tasks already runnable, not a `yield_now`,
             // which waits for the worker to park and poll epoll first.
             woke_callers = false;
+            // This task wakes itself: the callers' pushes need not wake it again.
+            mailbox.disarm();
             run_others_first().await;
             take_commands(&mailbox, role, &mut session, &mut slots, &mut replied);
             continue;
