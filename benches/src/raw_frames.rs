@@ -29,22 +29,32 @@ pub struct FrameBuf {
     filled: usize,
 }
 
+/// Reads from the socket itself per yield to the runtime while busy-polling, as rdma-rpc's TCP
+/// receiver does (`LOOKS_PER_YIELD` there).
+const LOOKS_PER_YIELD: u32 = 8;
+
 /// Something a [`FrameBuf`] reads from: a whole stream or its read half.
 pub trait ReadSocket: AsyncRead + Unpin + Send {
-    /// A non-blocking read (`WouldBlock` when nothing is there).
-    fn try_read_now(&self, buf: &mut [u8]) -> io::Result<usize>;
+    /// The stream.
+    fn stream(&self) -> &TcpStream;
 }
 
 impl ReadSocket for TcpStream {
-    fn try_read_now(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.try_read(buf)
+    fn stream(&self) -> &TcpStream {
+        self
     }
 }
 
 impl ReadSocket for OwnedReadHalf {
-    fn try_read_now(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.try_read(buf)
+    fn stream(&self) -> &TcpStream {
+        self.as_ref()
     }
+}
+
+/// A non-blocking read from the socket itself, past tokio's readiness cache: what rdma-rpc's TCP
+/// receiver spins on.
+fn read_socket(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    io::Read::read(&mut &*socket2::SockRef::from(stream), buf)
 }
 
 impl FrameBuf {
@@ -79,24 +89,31 @@ impl FrameBuf {
         self.data.get(from..self.start).unwrap_or_default()
     }
 
-    /// Reads once, waiting for data (with `busy_poll`, by non-blocking reads between yields to the
-    /// runtime for [`BUSY_POLL_WINDOW`] first). Returns the bytes read, 0 at end of stream.
+    /// Reads once, waiting for data. With `busy_poll`, for [`BUSY_POLL_WINDOW`] first, it spins
+    /// exactly as rdma-rpc's TCP receiver does: tokio's non-blocking read, then
+    /// [`LOOKS_PER_YIELD`] reads from the socket itself, then a yield to the runtime. Returns the
+    /// bytes read, 0 at end of stream.
     pub async fn read_from<S: ReadSocket>(&mut self, socket: &mut S, busy_poll: bool) -> io::Result<usize> {
         self.make_room();
         let until = Instant::now() + BUSY_POLL_WINDOW;
-        let read = loop {
+        let read = 'read: loop {
             let spare = self.data.get_mut(self.filled..).unwrap_or_default();
-            if !busy_poll {
+            if !busy_poll || Instant::now() >= until {
                 break socket.read(spare).await?;
             }
-            match socket.try_read_now(spare) {
+            match socket.stream().try_read(spare) {
                 Ok(read) => break read,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock && Instant::now() < until => {
-                    tokio::task::yield_now().await;
-                }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break socket.read(spare).await?,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
                 Err(err) => return Err(err),
             }
+            for _ in 0..LOOKS_PER_YIELD {
+                match read_socket(socket.stream(), spare) {
+                    Ok(read) => break 'read read,
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(err) => return Err(err),
+                }
+            }
+            tokio::task::yield_now().await;
         };
         self.filled += read;
         Ok(read)
