@@ -30,9 +30,9 @@ pub struct TcpConfig {
     /// first read that finds nothing) before sleeping in the reactor (epoll): a reply or request
     /// that comes within the window is read without a wake-up from the kernel, which is most of a
     /// loopback or LAN round trip. The spin reads the socket itself, 8 times between yields to the
-    /// runtime's other tasks (a few microseconds); it costs CPU only
-    /// while a connection that just received waits for more, at most the window per message.
-    /// `None` sleeps at once (the least CPU, a wake-up per message). Default:
+    /// runtime's other tasks (a few microseconds), while no more receivers spin than there are
+    /// cores. It costs CPU only while a connection that just received waits for more, at most the
+    /// window per message. `None` sleeps at once (the least CPU, a wake-up per message). Default:
     /// [`DEFAULT_SPIN`](Self::DEFAULT_SPIN), as the RDMA transport's adaptive polling.
     pub busy_poll: Option<std::time::Duration>,
 }

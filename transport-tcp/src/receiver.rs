@@ -8,8 +8,8 @@
 //! messages come from `mmap` or trimmed heap, so each would be page-faulted
 //! and zeroed by the kernel again (measured: a third of the throughput of a
 //! 1 MiB chunk stream went there).
-
-use std::time::Instant;
+//!
+//! How it spins on the socket after a message, before it sleeps: [`spin`].
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
@@ -19,21 +19,16 @@ use crate::config::TcpConfig;
 use crate::deframer::Deframer;
 use crate::error::TcpError;
 
+mod spin;
+
+use spin::{LOOK_BYTES, Spin};
+
 /// Bytes of earlier receive allocations kept for reuse once their messages are
 /// dropped, per connection. A consumer lagging a few messages behind the
 /// socket (the driver reads on while the application is still busy) needs
 /// several; 8 MiB covers seven 1 MiB messages and bounds what an idle
 /// connection keeps.
 const SPARE_BYTES: usize = 8 * 1024 * 1024;
-
-/// Reads from the socket per yield to the runtime while busy-polling: a read that finds nothing
-/// is one system call (about 0.2 µs here), so other tasks on the worker wait at most a couple of
-/// microseconds.
-const LOOKS_PER_YIELD: u32 = 8;
-
-/// Room a busy-polling read from the socket starts with (see [`TcpReceiver::look`]): a small
-/// message's whole frame.
-const LOOK_BYTES: u32 = 4096;
 
 /// The receiving half of a [`TcpConnection`](crate::TcpConnection).
 ///
@@ -58,18 +53,6 @@ pub struct TcpReceiver {
     spin: Spin,
     /// Room for the next read of [`look`](Self::look) (at most the read reserve).
     look_bytes: u32,
-}
-
-/// The busy-polling window after the last read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Spin {
-    /// Sleep in the reactor.
-    Off,
-    /// Data was read; the window starts at the first read that finds nothing (so a read that
-    /// returns data costs no clock read: that is the round trip's path).
-    Armed,
-    /// Spin until then.
-    Until(Instant),
 }
 
 impl TcpReceiver {
@@ -123,89 +106,6 @@ impl TcpReceiver {
                 self.spin = Spin::Armed;
             }
         }
-    }
-
-    /// Busy-polling, until data arrives or the window (which starts at the first look that finds
-    /// nothing) passes; then a plain read. Cancel-safe like `recv`: what was read stays in the
-    /// buffer, and nothing else is in it across an `.await`.
-    ///
-    /// First tokio's own non-blocking read, which reads all that is there; then [`Self::look`]:
-    /// reads straight from the socket, [`LOOKS_PER_YIELD`] of them between yields to the
-    /// runtime. Tokio's read answers from its readiness cache once a read found nothing, and only
-    /// the runtime's next `epoll_wait` refreshes that: spinning on it costs a yield, a scheduler
-    /// turn and an `epoll_wait` per look, so data waits longer to be found. (Measured on
-    /// loopback, 64 B, one call in flight: 11.0 → 10.1 µs per round trip; the raw echo that spins
-    /// the same way, 9.4 → 8.0 µs.) No wake-up can be lost by
-    /// reading past the cache: data that arrives after tokio last found nothing raises an epoll
-    /// event, so the cache says readable again, and the plain read it may then try just finds
-    /// nothing and waits.
-    async fn spin_read(&mut self) -> Result<usize, TcpError> {
-        loop {
-            match self.reader.try_read_buf(&mut self.buf) {
-                Ok(read) => return Ok(read),
-                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(err) => return Err(err.into()),
-            }
-            if let Some(read) = self.look()? {
-                return Ok(read);
-            }
-            let now = Instant::now();
-            let until = match self.spin {
-                Spin::Until(until) => until,
-                Spin::Armed | Spin::Off => {
-                    let until = now.checked_add(self.config.busy_poll.unwrap_or_default()).unwrap_or(now);
-                    self.spin = Spin::Until(until);
-                    until
-                }
-            };
-            if now >= until {
-                self.spin = Spin::Off;
-                return Ok(self.reader.read_buf(&mut self.buf).await?);
-            }
-            tokio::task::yield_now().await;
-        }
-    }
-
-    /// Up to [`LOOKS_PER_YIELD`] non-blocking reads from the socket itself, past tokio's
-    /// readiness cache, into the buffer's spare room: `Some(bytes read)` once one returns (0 at
-    /// the end of the stream), `None` if none found anything. Safe code reads only into
-    /// initialised memory, so the room is zero-filled first, [`LOOK_BYTES`] of it, once per call
-    /// (not per read); a read that fills it all doubles the next call's, up to the read reserve,
-    /// so a large message is not read in small pieces. The buffer is cut back to what was read
-    /// before returning.
-    fn look(&mut self) -> Result<Option<usize>, TcpError> {
-        let len = self.buf.len();
-        let room = (self.buf.capacity() - len).min(self.look_bytes as usize);
-        if room == 0 {
-            return Ok(None);
-        }
-        self.buf.resize(len + room, 0);
-        let stream: &tokio::net::TcpStream = self.reader.as_ref();
-        let socket = socket2::SockRef::from(stream);
-        let mut outcome = Ok(None);
-        for _ in 0..LOOKS_PER_YIELD {
-            match std::io::Read::read(&mut &*socket, &mut self.buf[len..]) {
-                Ok(read) => {
-                    outcome = Ok(Some(read));
-                    break;
-                }
-                Err(err) if matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {}
-                Err(err) => {
-                    outcome = Err(TcpError::from(err));
-                    break;
-                }
-            }
-        }
-        let read = match outcome {
-            Ok(Some(read)) => read,
-            _ => 0,
-        };
-        self.buf.truncate(len + read);
-        self.look_bytes = match u32::try_from((room * 2).min(self.read_reserve)) {
-            Ok(doubled) if read == room => doubled,
-            _ => LOOK_BYTES,
-        };
-        outcome
     }
 
     /// The next message if it is already complete in the read buffer, without
@@ -285,12 +185,12 @@ impl TcpReceiver {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use bytes::BufMut;
 
     /// A receiver whose peer sends nothing (fine for tests that do no IO).
-    async fn receiver() -> (TcpReceiver, tokio::net::TcpStream) {
+    pub(super) async fn receiver() -> (TcpReceiver, tokio::net::TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
         let (client, server) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
@@ -350,54 +250,6 @@ mod tests {
         assert_eq!(&rx.buf[..], &[9]);
         assert!(rx.buf.capacity() >= 4 + big);
         assert_eq!(&second[..], &[1, 1, 1, 1]);
-    }
-
-    #[tokio::test]
-    async fn a_look_reads_what_is_there_and_leaves_nothing_else_in_the_buffer() {
-        use tokio::io::AsyncWriteExt;
-        let (mut rx, mut peer) = receiver().await;
-        assert_eq!(rx.look().expect("nothing yet"), None);
-        assert_eq!(rx.buffered_bytes(), 0, "the zero-filled room is cut back");
-        peer.write_all(&[0, 0, 0, 2, b'h', b'i']).await.expect("write");
-        let read = loop {
-            if let Some(read) = rx.look().expect("look") {
-                break read;
-            }
-            tokio::task::yield_now().await;
-        };
-        assert_eq!(read, 6);
-        assert_eq!(rx.try_recv().expect("valid").as_deref(), Some(&b"hi"[..]));
-        drop(peer);
-        let end = loop {
-            if let Some(read) = rx.look().expect("look") {
-                break read;
-            }
-            tokio::task::yield_now().await;
-        };
-        assert_eq!(end, 0, "the peer's end reads as 0");
-    }
-
-    #[tokio::test]
-    async fn a_look_that_fills_its_room_doubles_the_next() {
-        use tokio::io::AsyncWriteExt;
-        let (mut rx, mut peer) = receiver().await;
-        let look = LOOK_BYTES as usize;
-        peer.write_all(&vec![7; 3 * look]).await.expect("write");
-        // All of it arrived (loopback may deliver it in parts).
-        let mut arrived = vec![0; 3 * look];
-        while rx.reader.peek(&mut arrived).await.expect("peek") < 3 * look {
-            tokio::task::yield_now().await;
-        }
-        let mut reads = Vec::new();
-        while reads.iter().sum::<usize>() < 3 * look {
-            match rx.look().expect("look") {
-                Some(read) => reads.push(read),
-                None => tokio::task::yield_now().await,
-            }
-        }
-        assert_eq!(reads, [look, 2 * look]);
-        assert_eq!(rx.buffered_bytes(), 3 * look);
-        assert!(rx.buf.iter().all(|&byte| byte == 7));
     }
 
     #[tokio::test]
