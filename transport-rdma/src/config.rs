@@ -11,7 +11,11 @@ pub enum PollMode {
     /// Spin on the completion queue for up to this long after the last completion, then arm
     /// notification and sleep on the completion channel (through tokio). The default.
     Adaptive(Duration),
-    /// Never sleep: lowest latency, one core busy per connection for as long as it lives.
+    /// Never sleep: lowest latency, one core busy per connection for as long as it lives, idle
+    /// or not, and taking turns with every other task on its runtime worker (as perftest's
+    /// loop). For a server with many connections, or connections that go idle, prefer
+    /// `Adaptive` with a budget longer than the gaps between its messages (say 1–10 ms): it
+    /// spins as long while traffic flows and sleeps once a connection falls silent.
     BusyPoll,
 }
 
