@@ -79,7 +79,7 @@ impl TcpReceiver {
     /// First tokio's own non-blocking read, which reads all that is there; then, while few
     /// receivers spin, [`look`](Self::look)s at the socket itself; then a yield to the runtime.
     pub(super) async fn spin_read(&mut self) -> Result<usize, TcpError> {
-        let _spinning = Spinners::enter();
+        let spinning = Spinners::enter();
         loop {
             match self.reader.try_read_buf(&mut self.buf) {
                 Ok(read) => return Ok(read),
@@ -102,6 +102,8 @@ impl TcpReceiver {
             };
             if now >= until {
                 self.spin = Spin::Off;
+                // Sleeping now: no longer one of the spinners.
+                drop(spinning);
                 return Ok(tokio::io::AsyncReadExt::read_buf(&mut self.reader, &mut self.buf).await?);
             }
             tokio::task::yield_now().await;
@@ -153,6 +155,8 @@ impl TcpReceiver {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future as _;
+
     use tokio::io::AsyncWriteExt;
 
     use super::*;
@@ -195,6 +199,27 @@ mod tests {
         assert_eq!((first, second), (look, 2 * look));
         assert_eq!(rx.buffered_bytes(), 3 * look);
         assert!(rx.buf.iter().all(|&byte| byte == 7));
+    }
+
+    #[tokio::test]
+    async fn a_receiver_that_sleeps_after_its_window_is_not_a_spinner() {
+        const RECEIVERS: usize = 32;
+        let mut pairs = Vec::new();
+        for _ in 0..RECEIVERS {
+            let (mut rx, peer) = receiver().await;
+            rx.config.busy_poll = Some(std::time::Duration::ZERO);
+            rx.spin = Spin::Armed;
+            pairs.push((rx, peer));
+        }
+        let before = SPINNING.load(Ordering::Relaxed);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut reads: Vec<_> = pairs.iter_mut().map(|(rx, _)| Box::pin(rx.recv())).collect();
+        for read in &mut reads {
+            // The window is zero: each spins once, then waits in the reactor.
+            assert!(read.as_mut().poll(&mut cx).is_pending());
+        }
+        // Other tests' receivers come and go, but not this many.
+        assert!(SPINNING.load(Ordering::Relaxed) < before + RECEIVERS / 2, "sleeping receivers counted as spinners");
     }
 
     #[test]
