@@ -6,8 +6,8 @@
 //! only the runtime's next `epoll_wait` refreshes that cache: spinning on it costs a yield, a
 //! scheduler turn and an `epoll_wait` per look, and data waits that long to be found. So the
 //! spin reads the socket itself, [`LOOKS_PER_YIELD`] times between yields to the runtime
-//! (measured on loopback, 64 B, one call in flight: 11.0 → 10.1 µs per round trip; the raw echo
-//! that spins the same way, 9.4 → 8.0 µs). No wake-up can be lost by reading past the cache: data
+//! (measured on loopback, 64 B, one call in flight: 11.1 → 9.5 µs per round trip; the raw echo
+//! that spins the same way, 9.3 → 8.0 µs). No wake-up can be lost by reading past the cache: data
 //! that arrives after tokio last found nothing raises an epoll event, so the cache says readable
 //! again, and the plain read it may then try just finds nothing and waits.
 //!
@@ -46,8 +46,8 @@ pub(super) enum Spin {
     Until(Instant),
 }
 
-/// One receiver counted in [`SPINNING`] while it lives (its spin, or the future of it, which a
-/// `select!` may drop).
+/// One receiver counted in [`SPINNING`] while it spins: dropped when its window ends, or with
+/// the future of its read, which a `select!` may drop.
 struct Spinners;
 
 impl Spinners {
