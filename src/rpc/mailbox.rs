@@ -233,6 +233,12 @@ mod tests {
         }
     }
 
+    /// A waker that counts its wakes.
+    fn counting_waker() -> (Arc<CountingWaker>, Waker) {
+        let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        (counter.clone(), Waker::from(counter))
+    }
+
     fn finish(id: u64) -> Command<()> {
         Command::Ctl(CallCommand::Finish { id, status: Status::ok() })
     }
@@ -247,8 +253,7 @@ mod tests {
     #[test]
     fn rings_only_when_the_driver_sleeps() {
         let mailbox = Mailbox::<()>::new();
-        let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
-        let waker = Waker::from(counter.clone());
+        let (counter, waker) = counting_waker();
         let mut cx = Context::from_waker(&waker);
         assert!(mailbox.poll_ready(&mut cx).is_pending());
         mailbox.push(finish(1)).expect("the mailbox is open");
@@ -266,8 +271,7 @@ mod tests {
     #[test]
     fn a_disarmed_mailbox_does_not_ring_and_ready_still_finds_the_push() {
         let mailbox = Mailbox::<()>::new();
-        let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
-        let waker = Waker::from(counter.clone());
+        let (counter, waker) = counting_waker();
         let mut cx = Context::from_waker(&waker);
         assert!(mailbox.poll_ready(&mut cx).is_pending(), "armed");
         mailbox.disarm();
@@ -313,8 +317,7 @@ mod tests {
                 }
             })
         };
-        let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
-        let waker = Waker::from(counter.clone());
+        let (counter, waker) = counting_waker();
         let mut cx = Context::from_waker(&waker);
         for round in 0..ROUNDS {
             loop {
