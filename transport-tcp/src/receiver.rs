@@ -21,7 +21,7 @@ use crate::error::TcpError;
 
 mod spin;
 
-use spin::{LOOK_BYTES, Spin};
+use spin::Spin;
 
 /// Bytes of earlier receive allocations kept for reuse once their messages are
 /// dropped, per connection. A consumer lagging a few messages behind the
@@ -51,8 +51,6 @@ pub struct TcpReceiver {
     /// With [`TcpConfig::busy_poll`]: whether to spin on non-blocking reads before sleeping in
     /// the reactor.
     spin: Spin,
-    /// Room for the next read of [`look`](Self::look) (at most the read reserve).
-    look_bytes: u32,
 }
 
 impl TcpReceiver {
@@ -67,7 +65,6 @@ impl TcpReceiver {
             spares: Vec::new(),
             buf_size: read_reserve,
             spin: Spin::Off,
-            look_bytes: LOOK_BYTES,
         }
     }
 

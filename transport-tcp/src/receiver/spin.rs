@@ -27,9 +27,9 @@ use crate::error::TcpError;
 /// few microseconds.
 const LOOKS_PER_YIELD: u32 = 8;
 
-/// Room a busy-polling read from the socket starts with (see [`TcpReceiver::look`]): a small
-/// message's whole frame.
-pub(super) const LOOK_BYTES: u32 = 4096;
+/// Room a busy-polling read from the socket looks with (see [`TcpReceiver::look`]): the whole
+/// frame of a 4 KiB message.
+const LOOK_BYTES: usize = 8192;
 
 /// Receivers of this process inside their spin now.
 static SPINNING: AtomicUsize = AtomicUsize::new(0);
@@ -113,44 +113,73 @@ impl TcpReceiver {
     /// Up to [`LOOKS_PER_YIELD`] non-blocking reads from the socket itself, past tokio's
     /// readiness cache, into the buffer's spare room: `Some(bytes read)` once one returns (0 at
     /// the end of the stream), `None` if none found anything. Safe code reads only into
-    /// initialised memory, so the room is zero-filled first, [`LOOK_BYTES`] of it, once per call
-    /// (not per read); a read that fills it all doubles the next call's, up to the read reserve,
-    /// so a large message is not read in small pieces. The buffer is cut back to what was read
-    /// before returning.
+    /// initialised memory, so the room is zero-filled first, [`LOOK_BYTES`] of it, once for all
+    /// the looks. A read that fills its room is followed at once by another, sized to the rest of
+    /// the frame it began (or twice the room), so a large message takes two reads, not a read and
+    /// another trip through the spin. The buffer is cut back to what was read before returning.
     fn look(&mut self) -> Result<Option<usize>, TcpError> {
-        let len = self.buf.len();
-        let room = (self.buf.capacity() - len).min(self.look_bytes as usize);
+        let room = self.spare_room(LOOK_BYTES);
         if room == 0 {
             return Ok(None);
         }
+        let len = self.buf.len();
         self.buf.resize(len + room, 0);
-        let stream: &tokio::net::TcpStream = self.reader.as_ref();
-        let socket = socket2::SockRef::from(stream);
         let mut outcome = Ok(None);
         for _ in 0..LOOKS_PER_YIELD {
-            match std::io::Read::read(&mut &*socket, &mut self.buf[len..]) {
+            match read_socket(&self.reader, &mut self.buf[len..]) {
                 Ok(read) => {
                     outcome = Ok(Some(read));
                     break;
                 }
-                Err(err) if matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {}
+                Err(err) if is_retry(&err) => {}
                 Err(err) => {
                     outcome = Err(TcpError::from(err));
                     break;
                 }
             }
         }
-        let read = match outcome {
-            Ok(Some(read)) => read,
-            _ => 0,
+        let Ok(Some(mut read)) = outcome else {
+            self.buf.truncate(len);
+            return outcome;
         };
         self.buf.truncate(len + read);
-        self.look_bytes = match u32::try_from((room * 2).min(self.read_reserve)) {
-            Ok(doubled) if read == room => doubled,
-            _ => LOOK_BYTES,
-        };
-        outcome
+        let mut total = read;
+        let mut last_room = room;
+        while read == last_room {
+            let needed = self.deframer.bytes_needed(&self.buf);
+            last_room = self.spare_room(needed.max(2 * last_room));
+            if last_room == 0 {
+                break;
+            }
+            let len = self.buf.len();
+            self.buf.resize(len + last_room, 0);
+            let more = read_socket(&self.reader, &mut self.buf[len..]);
+            read = *more.as_ref().unwrap_or(&0);
+            self.buf.truncate(len + read);
+            match more {
+                Ok(_) => total += read,
+                Err(err) if is_retry(&err) => break,
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(Some(total))
     }
+
+    /// Up to `want` bytes of the buffer's spare capacity, within the read reserve.
+    fn spare_room(&self, want: usize) -> usize {
+        (self.buf.capacity() - self.buf.len()).min(want).min(self.read_reserve)
+    }
+}
+
+/// A non-blocking read from the socket itself, past tokio's readiness cache.
+fn read_socket(reader: &tokio::net::tcp::OwnedReadHalf, buf: &mut [u8]) -> std::io::Result<usize> {
+    let stream: &tokio::net::TcpStream = reader.as_ref();
+    std::io::Read::read(&mut &*socket2::SockRef::from(stream), buf)
+}
+
+/// Whether a read that failed so should be tried again: nothing there yet, or a signal.
+fn is_retry(err: &std::io::Error) -> bool {
+    matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted)
 }
 
 #[cfg(test)]
@@ -185,20 +214,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_look_that_fills_its_room_doubles_the_next() {
+    async fn a_look_reads_a_large_message_whole() {
         let (mut rx, mut peer) = receiver().await;
-        let look = LOOK_BYTES as usize;
-        peer.write_all(&vec![7; 3 * look]).await.expect("write");
+        // A frame of three times the look's room: its prefix, then the rest.
+        let body = 3 * LOOK_BYTES - 4;
+        let mut frame = (body as u32).to_be_bytes().to_vec();
+        frame.extend(std::iter::repeat_n(7u8, body));
+        peer.write_all(&frame).await.expect("write");
         // All of it arrived (loopback may deliver it in parts).
-        let mut arrived = vec![0; 3 * look];
-        while rx.reader.peek(&mut arrived).await.expect("peek") < 3 * look {
+        let mut arrived = vec![0; frame.len()];
+        while rx.reader.peek(&mut arrived).await.expect("peek") < frame.len() {
             tokio::task::yield_now().await;
         }
-        let first = look_until_read(&mut rx).await;
-        let second = look_until_read(&mut rx).await;
-        assert_eq!((first, second), (look, 2 * look));
-        assert_eq!(rx.buffered_bytes(), 3 * look);
-        assert!(rx.buf.iter().all(|&byte| byte == 7));
+        assert_eq!(look_until_read(&mut rx).await, frame.len(), "one look takes it all");
+        let message = rx.try_recv().expect("valid").expect("complete");
+        assert_eq!(message.len(), body);
+        assert!(message.iter().all(|&byte| byte == 7));
+        assert_eq!(rx.buffered_bytes(), 0);
     }
 
     #[tokio::test]
