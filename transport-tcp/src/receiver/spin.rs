@@ -259,7 +259,6 @@ mod tests {
         // Other tests' receivers may spin meanwhile: compare against a count taken with ours in.
         let ours = Spinners::enter();
         let with_ours = SPINNING.load(Ordering::Relaxed);
-        assert!(with_ours >= 1);
         let many: Vec<Spinners> = (0..1024).map(|_| Spinners::enter()).collect();
         assert!(!Spinners::few(), "more spinners than cores");
         drop(many);
