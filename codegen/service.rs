@@ -110,23 +110,40 @@ impl ServiceGenerator for ServiceGen {
         let _ = writeln!(buf, "    fn name(&self) -> &'static str {{ \"{full_name}\" }}\n");
         let paths: Vec<String> = service.methods.iter().map(|m| format!("\"{}\"", path(m))).collect();
         let _ = writeln!(buf, "    fn methods(&self) -> &'static [&'static str] {{ &[{}] }}\n", paths.join(", "));
+        let all: Vec<&Method> = service.methods.iter().collect();
         write_method_match(
             buf,
-            &service.methods,
+            &all,
             &path,
             "call(&self, method: &str, call: ::rdma_rpc::rpc::ServerCall) -> ::core::result::Result<::rdma_rpc::rpc::HandlerFuture, ::rdma_rpc::rpc::ServerCall>",
-            |serve| format!("Ok(::std::boxed::Box::pin({serve}))"),
+            |_, serve| format!("Ok(::std::boxed::Box::pin({serve}))"),
             "Err(call)",
         );
         // The same handlers in reusable slots: no future is boxed per call.
         write_method_match(
             buf,
-            &service.methods,
+            &all,
             &path,
             "slot(&self, method: &str) -> ::core::option::Option<::std::boxed::Box<dyn ::rdma_rpc::rpc::HandlerSlot>>",
-            |serve| {
+            |_, serve| {
                 format!(
                     "Some(::rdma_rpc::rpc::handler_slot(move |call| {{ let service = ::std::sync::Arc::clone(&service); {serve} }}))"
+                )
+            },
+            "None",
+        );
+        // Unary methods again, run to completion when the request comes whole with the call.
+        let unary: Vec<&Method> =
+            service.methods.iter().filter(|m| !m.client_streaming && !m.server_streaming).collect();
+        write_method_match(
+            buf,
+            &unary,
+            &path,
+            "unary_slot(&self, method: &str) -> ::core::option::Option<::std::boxed::Box<dyn ::rdma_rpc::rpc::UnarySlot>>",
+            |m, _| {
+                format!(
+                    "Some(::rdma_rpc::rpc::unary_slot(move |request, ctx| {{ let service = ::std::sync::Arc::clone(&service); async move {{ service.{}(request, ctx).await }} }}))",
+                    m.name
                 )
             },
             "None",
@@ -136,14 +153,14 @@ impl ServiceGenerator for ServiceGen {
 }
 
 /// Writes `fn {signature}` of a service adapter: a match on the method path with one arm per
-/// method, `arm` given the expression that serves the call (its server helper around the trait
-/// method), and `fallback` for any other path.
+/// method of `methods`, `arm` given the method and the expression that serves a call to it (its
+/// server helper around the trait method), and `fallback` for any other path.
 fn write_method_match(
     buf: &mut String,
-    methods: &[Method],
+    methods: &[&Method],
     path: &dyn Fn(&Method) -> String,
     signature: &str,
-    arm: impl Fn(&str) -> String,
+    arm: impl Fn(&Method, &str) -> String,
     fallback: &str,
 ) {
     let _ = writeln!(buf, "    fn {signature} {{");
@@ -154,7 +171,7 @@ fn write_method_match(
         let (helper, params, args) = helper_of(m);
         let serve =
             format!("::rdma_rpc::rpc::{helper}(call, move |{params}| async move {{ service.{method}({args}).await }})");
-        let _ = writeln!(buf, "            \"{p}\" => {},", arm(&serve));
+        let _ = writeln!(buf, "            \"{p}\" => {},", arm(m, &serve));
     }
     let _ = writeln!(buf, "            _ => {{ let _ = service; {fallback} }}");
     let _ = writeln!(buf, "        }}\n    }}\n");

@@ -12,13 +12,14 @@ use futures_util::FutureExt as _;
 use tokio::sync::oneshot;
 use tracing::Instrument as _;
 
-use super::command::{BufCommand, CallCommand, CallEvent, MethodName, Outgoing};
+use super::command::{BufCommand, CallCommand, CallEvent, CallRef, MethodName, Outgoing};
 use super::events::{CallPool, EventSender};
 use super::handler::{SlotPool, Started};
 use super::mailbox::Ctl;
 use super::now;
 use super::router::Router;
 use super::server::{RequestContext, ServerCall};
+use super::unary::{WholeCall, run_unary};
 use crate::session::{Event, IdMap, Role, Session};
 use crate::status::Status;
 use crate::transport::{ReplyAlloc, ReplyBody};
@@ -34,6 +35,26 @@ pub(super) struct Slot {
     started: Instant,
     bytes_in: u64,
     bytes_out: u64,
+}
+
+impl Slot {
+    /// The bookkeeping of a server call started at `started`, with `bytes_in` received so far.
+    pub(super) fn server(shared: CallRef, method: MethodName, started: Instant, bytes_in: usize) -> Self {
+        Slot {
+            events: EventSender::new(shared),
+            acks: VecDeque::new(),
+            handler: None,
+            method,
+            started,
+            bytes_in: bytes_in as u64,
+            bytes_out: 0,
+        }
+    }
+
+    /// The task that runs the call's handler, aborted when the call ends early.
+    pub(super) fn set_handler(&mut self, handler: tokio::task::AbortHandle) {
+        self.handler = Some(handler);
+    }
 }
 
 pub(super) fn apply_buf<B: crate::transport::SendBuffer>(
@@ -112,7 +133,7 @@ pub(super) fn apply_ctl<B: crate::transport::SendBuffer>(
 }
 
 /// How a reply encoded by a handler travels.
-fn reply_outgoing<B: crate::transport::SendBuffer>(body: ReplyBody) -> Outgoing<B> {
+pub(super) fn reply_outgoing<B: crate::transport::SendBuffer>(body: ReplyBody) -> Outgoing<B> {
     match B::from_reply(body) {
         // Encoded in this transport's own memory: sent as it is, as a client's request is.
         Ok(buf) => Outgoing::Buf(buf),
@@ -258,6 +279,18 @@ pub(super) fn dispatch<B: crate::transport::SendBuffer>(
     let Serving { router, ctl, peer, .. } = *serving;
     match event {
         Event::Incoming { id, header } => {
+            // A unary call whose request came with it runs to completion right here.
+            if let Some((method, service)) = router.and_then(|router| router.find(&header.method))
+                && let Some(slot) = pool.take_unary(method, service)
+            {
+                match session.take_request(id) {
+                    Some(request) => {
+                        let call = WholeCall { id, method, header, request, slot };
+                        return run_unary(call, session, slots, serving, pool, heard);
+                    }
+                    None => pool.give_unary(method, slot),
+                }
+            }
             let shared = serving.calls.take();
             let ctx = RequestContext::new(header, peer.clone());
             let call = ServerCall::new(id, ctl.clone(), ctx, shared.clone(), serving.replies.clone());
@@ -269,16 +302,7 @@ pub(super) fn dispatch<B: crate::transport::SendBuffer>(
                 Ok((method, handler)) => {
                     let span = tracing::info_span!("rpc", method = %method, peer = %peer, call = id);
                     fresh.push(Fresh { id, method, handler, span });
-                    let slot = Slot {
-                        events: EventSender::new(shared),
-                        acks: VecDeque::new(),
-                        handler: None,
-                        method: MethodName::Static(method),
-                        started: heard,
-                        bytes_in: 0,
-                        bytes_out: 0,
-                    };
-                    slots.insert(id, slot);
+                    slots.insert(id, Slot::server(shared, MethodName::Static(method), heard, 0));
                 }
                 Err(call) => {
                     let method = &call.context().method;

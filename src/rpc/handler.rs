@@ -94,10 +94,12 @@ impl Started {
     }
 }
 
-/// Idle slots of one connection, by method path.
+/// Idle slots of one connection, by method path: handler slots, and the unary slots of calls
+/// run to completion ([`UnarySlot`](super::UnarySlot)).
 #[derive(Default)]
 pub(crate) struct SlotPool {
-    idle: Vec<(&'static str, Vec<Box<dyn HandlerSlot>>)>,
+    idle: Idle<Box<dyn HandlerSlot>>,
+    unary: Idle<Box<dyn super::UnarySlot>>,
 }
 
 /// Idle slots kept per method: enough for the calls one pass of the driver starts. Only slots of
@@ -115,8 +117,7 @@ impl SlotPool {
         service: &dyn Service,
         call: ServerCall,
     ) -> Result<Started, ServerCall> {
-        let idle = self.idle.iter_mut().find(|(name, _)| std::ptr::eq(*name, method)).and_then(|(_, idle)| idle.pop());
-        match idle.or_else(|| service.slot(method)) {
+        match self.idle.take(method).or_else(|| service.slot(method)) {
             Some(mut slot) => {
                 slot.start(call);
                 Ok(Started::Slot(slot))
@@ -127,10 +128,43 @@ impl SlotPool {
 
     /// Keeps `slot` (idle: its handler finished) for the next call to `method`.
     pub(crate) fn give(&mut self, method: &'static str, slot: Box<dyn HandlerSlot>) {
-        match self.idle.iter_mut().find(|(name, _)| std::ptr::eq(*name, method)) {
-            Some((_, idle)) if idle.len() < IDLE_PER_METHOD => idle.push(slot),
+        self.idle.give(method, slot);
+    }
+
+    /// An idle unary slot for `method`, or a new one; `None` when `method` is not unary.
+    pub(crate) fn take_unary(
+        &mut self,
+        method: &'static str,
+        service: &dyn Service,
+    ) -> Option<Box<dyn super::UnarySlot>> {
+        self.unary.take(method).or_else(|| service.unary_slot(method))
+    }
+
+    /// Keeps a unary slot whose handler finished (or never started).
+    pub(crate) fn give_unary(&mut self, method: &'static str, slot: Box<dyn super::UnarySlot>) {
+        self.unary.give(method, slot);
+    }
+}
+
+/// Idle things by method path (compared by address: the router's own `&'static str`).
+struct Idle<T>(Vec<(&'static str, Vec<T>)>);
+
+impl<T> Default for Idle<T> {
+    fn default() -> Self {
+        Idle(Vec::new())
+    }
+}
+
+impl<T> Idle<T> {
+    fn take(&mut self, method: &'static str) -> Option<T> {
+        self.0.iter_mut().find(|(name, _)| std::ptr::eq(*name, method)).and_then(|(_, idle)| idle.pop())
+    }
+
+    fn give(&mut self, method: &'static str, item: T) {
+        match self.0.iter_mut().find(|(name, _)| std::ptr::eq(*name, method)) {
+            Some((_, idle)) if idle.len() < IDLE_PER_METHOD => idle.push(item),
             Some(_) => {}
-            None => self.idle.push((method, vec![slot])),
+            None => self.0.push((method, vec![item])),
         }
     }
 }

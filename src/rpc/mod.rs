@@ -10,7 +10,8 @@
 //!
 //! Each connection's driver (`driver.rs`) is a thin async shell around the IO-free session; it
 //! also writes, through its `Outbox`. Server handlers run in reusable [`HandlerSlot`]s
-//! (`handler.rs`). Calls get tracing spans with method, peer, duration and bytes.
+//! (`handler.rs`); a unary call whose request comes whole with it runs to completion inside the
+//! driver's pass ([`UnarySlot`], `unary.rs`). Calls get tracing spans with method, peer, duration and bytes.
 
 mod call;
 mod client;
@@ -25,6 +26,7 @@ mod mailbox;
 mod outbox;
 mod router;
 mod server;
+mod unary;
 
 pub use call::{CallReceiver, CallSender, DataBuffer, Incoming, ResponseSender};
 pub use client::{CallOptions, Client};
@@ -35,6 +37,7 @@ pub use server::{
     Finisher, HandlerFuture, RequestContext, Server, ServerCall, Service, serve_client_streaming,
     serve_server_streaming, serve_streaming, serve_unary,
 };
+pub use unary::{UnarySlot, unary_slot};
 
 use crate::session::{ConfigError, SessionConfig};
 use crate::status::Status;

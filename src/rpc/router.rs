@@ -39,17 +39,22 @@ impl Router {
         mut call: ServerCall,
         pool: &mut SlotPool,
     ) -> Result<(&'static str, Started), ServerCall> {
-        let found = self.methods.get(call.context().method.as_bytes());
-        match found.and_then(|&(name, i)| Some((name, self.services.get(i)?))) {
+        match self.find(call.context().method.as_bytes()) {
             Some((name, service)) => {
                 // The router's own copy from here on: a view of the received frame would keep its
                 // whole receive buffer (a registered slot, over RDMA) for as long as the handler
                 // holds its context.
                 call.set_method(name);
-                pool.start(name, service.as_ref(), call).map(|started| (name, started))
+                pool.start(name, service, call).map(|started| (name, started))
             }
             None => Err(call),
         }
+    }
+
+    /// The router's own copy of the method `path` and the service that serves it.
+    pub(crate) fn find(&self, path: &[u8]) -> Option<(&'static str, &dyn Service)> {
+        let &(name, index) = self.methods.get(path)?;
+        Some((name, self.services.get(index)?.as_ref()))
     }
 
     /// The services served, for error messages.

@@ -45,6 +45,15 @@ pub trait Service: Send + Sync + 'static {
         let _ = method;
         None
     }
+    /// A reusable slot for `method`'s handlers when it is unary (see
+    /// [`unary_slot`](super::unary_slot)), else None. A unary call whose request comes whole
+    /// with it then runs to completion in the connection's driver: decoded, handled and answered
+    /// in one step, with no task, call handles or queues (those it waits for, it gets once its
+    /// handler waits). Generated services return one for every unary method.
+    fn unary_slot(&self, method: &str) -> Option<Box<dyn super::UnarySlot>> {
+        let _ = method;
+        None
+    }
 }
 
 /// What a handler knows about its call.

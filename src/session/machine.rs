@@ -7,6 +7,8 @@ mod inbound;
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use super::flow::{RecvWindow, SendWindow};
 use super::queue::SendQueue;
 use super::{Body, ConfigError, Event, Role, SessionConfig, Transmit};
@@ -263,6 +265,20 @@ impl<B: Body> Session<B> {
     /// The next event for the application.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+
+    /// Server: the request of call `id` when it came whole in its CALL frame (one message, and the
+    /// end of the client's stream), taken out of the events; `None`, with the events left as they
+    /// are, for any other call. Called right after `Incoming { id }` was polled, it is what lets a
+    /// driver run a unary call to completion at once: the request is the next event.
+    pub fn take_request(&mut self, id: u64) -> Option<Bytes> {
+        match self.events.front() {
+            Some(Event::Message { id: next, end: true, .. }) if *next == id => match self.events.pop_front() {
+                Some(Event::Message { body, .. }) => Some(body),
+                _ => None,
+            },
+            _ => None,
+        }
     }
 
     /// The next frame to send: control frames first, then call data round-robin, as credit allows.

@@ -115,6 +115,31 @@ fn unary_call_completes_with_implicit_ok() {
 }
 
 #[test]
+fn a_whole_request_is_taken_with_its_call_and_nothing_else_is() {
+    let now = Instant::now();
+    let (mut client, mut server) = pair(small_config(), now);
+    // 1: unary, whole in its CALL frame. 2: the request without the end. 3: no message at all.
+    client.open_call(now, 1, None, call_body("/svc/M", 0, b"one"), true, true).expect("open 1");
+    client.open_call(now, 2, None, call_body("/svc/M", 0, b"two"), true, false).expect("open 2");
+    client.open_call(now, 3, None, call_body("/svc/M", 0, b""), false, true).expect("open 3");
+    exchange(&mut client, &mut server, now);
+    assert!(matches!(server.poll_event(), Some(Event::Incoming { id: 1, .. })));
+    assert_eq!(server.take_request(2), None, "another call's request is not taken");
+    assert_eq!(server.take_request(1), Some(Bytes::from_static(b"one")));
+    assert!(matches!(server.poll_event(), Some(Event::Incoming { id: 2, .. })));
+    assert_eq!(server.take_request(2), None, "a stream that goes on is not a whole request");
+    assert_eq!(server.poll_event(), Some(Event::Message { id: 2, body: Bytes::from_static(b"two"), end: false }));
+    assert!(matches!(server.poll_event(), Some(Event::Incoming { id: 3, .. })));
+    assert_eq!(server.take_request(3), None);
+    assert_eq!(server.poll_event(), Some(Event::RemoteEnd { id: 3 }));
+    // The taken request's call answers as any other.
+    server.send(1, Kind::Message, Bytes::from_static(b"pong"), true).expect("reply");
+    exchange(&mut client, &mut server, now);
+    let got = events(&mut client);
+    assert!(matches!(got.last(), Some(Event::Closed { id: 1, status }) if status.is_ok()), "{got:?}");
+}
+
+#[test]
 fn call_window_holds_data_until_the_receiver_consumes() {
     let now = Instant::now();
     let (mut client, mut server) = pair(small_config(), now);

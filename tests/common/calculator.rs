@@ -20,7 +20,8 @@ use pb::{Blob, CountRequest, Numbers, Sum};
 pub struct Probe {
     /// Items `Count` has sent.
     pub sent: AtomicU64,
-    /// `Count` handlers dropped before they finished (aborted by cancellation or deadline).
+    /// `Count` and `Wait` handlers dropped before they finished (aborted by cancellation or
+    /// deadline).
     pub aborted: AtomicU64,
 }
 
@@ -109,6 +110,19 @@ impl pb::Calculator for Calc {
 
     async fn reflect(&self, request: Blob, _ctx: RequestContext) -> Result<Blob, Status> {
         Ok(request)
+    }
+
+    async fn wait(&self, request: CountRequest, _ctx: RequestContext) -> Result<Sum, Status> {
+        let mut watch = AbortWatch { probe: &self.probe, finished: false };
+        if request.delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(request.delay_ms.into())).await;
+        }
+        watch.finished = true;
+        match request.upto {
+            0 => Err(Status::not_found("told to fail")),
+            1 => panic!("told to panic"),
+            n => Ok(Sum { total: n.into(), count: 1 }),
+        }
     }
 
     async fn pipe(

@@ -1,0 +1,239 @@
+//! Unary calls run to completion: when a CALL frame carries the whole request (its message and
+//! the end of the client's stream, which is how every rdma-rpc client sends a unary call), the
+//! driver decodes it, runs the handler, and queues the encoded reply on the session in one step
+//! of its pass, as eRPC's dispatch thread runs a request handler. No call state, event queue,
+//! request or reply handle, mailbox command or per-call bookkeeping exists for such a call.
+//!
+//! The handler is an ordinary async method of the generated service trait, polled once with a
+//! no-op waker. One that is not finished then (it awaits IO, a timer, a lock) moves, with its
+//! [`UnarySlot`], into a task of its own, which the call's deadline and cancellation abort, and
+//! which sends its reply through the connection's mailbox like any other handler. A call whose
+//! request comes in frames of its own goes the general way (`dispatch.rs`).
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::FutureExt as _;
+use prost::Message;
+use tracing::Instrument as _;
+
+use super::codec;
+use super::command::{CallCommand, MethodName, Outgoing};
+use super::dispatch::{Serving, Slot, reply_outgoing};
+use super::handler::SlotPool;
+use super::server::{MethodPath, RequestContext};
+use crate::pb::rpc as pb;
+use crate::session::{IdMap, Session};
+use crate::status::Status;
+use crate::transport::{ReplyAlloc, ReplyBody, SendBuffer};
+use crate::wire::Kind;
+
+/// Runs one unary method's handler at a time, on requests given whole (used by generated code:
+/// see [`Service::unary_slot`](super::Service::unary_slot)).
+pub trait UnarySlot: Send + 'static {
+    /// Decodes `request` and starts the handler on it; a request that does not decode is the
+    /// call's status. A handler still running is dropped first.
+    fn start(&mut self, request: Bytes, ctx: RequestContext) -> Result<(), Status>;
+    /// Polls the running handler; its reply, once it has one, encoded by `replies`.
+    fn poll_reply(&mut self, cx: &mut Context<'_>, replies: &ReplyAlloc) -> Poll<Result<ReplyBody, Status>>;
+}
+
+/// A unary slot whose handlers `make` builds; the future lives in one pinned allocation, replaced
+/// in place for every call.
+struct UnaryOf<Req, Res, M, F> {
+    make: M,
+    running: Pin<Box<Option<F>>>,
+    types: PhantomData<fn(Req) -> Res>,
+}
+
+/// A reusable unary slot for the handlers `make` returns (used by generated code).
+pub fn unary_slot<Req, Res, M, F>(make: M) -> Box<dyn UnarySlot>
+where
+    Req: Message + Default + 'static,
+    Res: Message + 'static,
+    M: Fn(Req, RequestContext) -> F + Send + 'static,
+    F: Future<Output = Result<Res, Status>> + Send + 'static,
+{
+    Box::new(UnaryOf { make, running: Box::pin(None), types: PhantomData })
+}
+
+impl<Req, Res, M, F> UnarySlot for UnaryOf<Req, Res, M, F>
+where
+    Req: Message + Default + 'static,
+    Res: Message + 'static,
+    M: Fn(Req, RequestContext) -> F + Send + 'static,
+    F: Future<Output = Result<Res, Status>> + Send + 'static,
+{
+    fn start(&mut self, request: Bytes, ctx: RequestContext) -> Result<(), Status> {
+        self.running.set(None);
+        let request = codec::decode::<Req>(request)?;
+        self.running.set(Some((self.make)(request, ctx)));
+        Ok(())
+    }
+
+    fn poll_reply(&mut self, cx: &mut Context<'_>, replies: &ReplyAlloc) -> Poll<Result<ReplyBody, Status>> {
+        let Some(handler) = self.running.as_mut().as_pin_mut() else {
+            return Poll::Ready(Err(Status::internal("the unary handler was not started")));
+        };
+        let result = ready!(handler.poll(cx));
+        // Done: its state is dropped now, not when the slot is next started.
+        self.running.set(None);
+        Poll::Ready(result.map(|reply| replies.encode(&reply)))
+    }
+}
+
+/// A unary call whose request came whole with it, and the slot of its method.
+pub(super) struct WholeCall {
+    pub(super) id: u64,
+    pub(super) method: &'static str,
+    pub(super) header: pb::CallHeader,
+    pub(super) request: Bytes,
+    pub(super) slot: Box<dyn UnarySlot>,
+}
+
+/// Runs `call`'s handler now: its reply (or status) is queued on the session before this returns,
+/// unless the handler waits for something, and then a task finishes it. `heard` is when its
+/// frame was read (the call's start, for its log line).
+pub(super) fn run_unary<B: SendBuffer>(
+    call: WholeCall,
+    session: &mut Session<Outgoing<B>>,
+    slots: &mut IdMap<Slot>,
+    serving: &Serving<'_>,
+    pool: &mut SlotPool,
+    heard: Instant,
+) {
+    let WholeCall { id, method, header, request, mut slot } = call;
+    let bytes_in = request.len();
+    let mut ctx = RequestContext::new(header, serving.peer.clone());
+    // The router's own copy: a view of the frame would hold its receive buffer for the handler.
+    ctx.method = MethodPath::from(Bytes::from_static(method.as_bytes()));
+    let span = tracing::info_span!("rpc", method = %method, peer = %serving.peer, call = id);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let polled = span.in_scope(|| {
+        std::panic::catch_unwind(AssertUnwindSafe(|| match slot.start(request, ctx) {
+            Ok(()) => slot.poll_reply(&mut cx, &serving.replies),
+            Err(status) => Poll::Ready(Err(status)),
+        }))
+    });
+    let (status, bytes_out) = match polled {
+        Ok(Poll::Ready(result)) => {
+            pool.give_unary(method, slot);
+            match result {
+                Ok(reply) => {
+                    let bytes_out = reply.message_len();
+                    match session.send(id, Kind::Message, reply_outgoing(reply), true) {
+                        Ok(()) => (Status::ok(), bytes_out),
+                        Err(status) => (status, 0),
+                    }
+                }
+                Err(status) => (status, 0),
+            }
+        }
+        Ok(Poll::Pending) => {
+            let (ctl, replies) = (serving.ctl.clone(), serving.replies.clone());
+            let finish = async move {
+                let running = std::future::poll_fn(|cx| slot.poll_reply(cx, &replies));
+                let command = match AssertUnwindSafe(running).catch_unwind().await {
+                    Ok(Ok(body)) => CallCommand::Reply { id, body },
+                    Ok(Err(status)) => CallCommand::Finish { id, status },
+                    Err(_) => CallCommand::Finish { id, status: Status::internal("the server's handler panicked") },
+                };
+                let _ = ctl.send(command);
+            };
+            let mut record = Slot::server(serving.calls.take(), MethodName::Static(method), heard, bytes_in);
+            record.set_handler(tokio::spawn(finish.instrument(span)).abort_handle());
+            slots.insert(id, record);
+            return;
+        }
+        // The slot is dropped: its handler's state is unknown.
+        Err(_) => (Status::internal("the server's handler panicked"), 0),
+    };
+    if !status.is_ok() {
+        session.finish(id, status.clone());
+    }
+    tracing::debug!(
+        call = id,
+        method = %method,
+        duration_us = heard.elapsed().as_micros() as u64,
+        bytes_in,
+        bytes_out,
+        code = %status.code,
+        "call finished"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::echo::{EchoReply, EchoRequest};
+
+    fn ctx() -> RequestContext {
+        RequestContext::new(pb::CallHeader::default(), "test://peer".into())
+    }
+
+    fn request(payload: &'static [u8]) -> Bytes {
+        EchoRequest { payload: Bytes::from_static(payload) }.encode_to_vec().into()
+    }
+
+    fn reply_of(body: ReplyBody) -> EchoReply {
+        match body {
+            ReplyBody::Heap(heap) => EchoReply::decode(&heap[crate::wire::HEADER_LEN..]).expect("decodes"),
+            _ => panic!("a heap reply was expected"),
+        }
+    }
+
+    #[test]
+    fn a_slot_answers_call_after_call_and_waits_when_its_handler_does() {
+        // The handler is pending as many times as its payload is long.
+        let mut slot = unary_slot(|request: EchoRequest, _ctx| async move {
+            for _ in 0..request.payload.len() {
+                tokio::task::yield_now().await;
+            }
+            Ok(EchoReply { payload: request.payload })
+        });
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let replies = ReplyAlloc::Heap;
+        for payload in [&b""[..], b"ab", b""] {
+            slot.start(request(payload), ctx()).expect("starts");
+            for _ in 0..payload.len() {
+                assert!(slot.poll_reply(&mut cx, &replies).is_pending());
+            }
+            match slot.poll_reply(&mut cx, &replies) {
+                Poll::Ready(Ok(body)) => assert_eq!(reply_of(body).payload, payload),
+                other => panic!("a reply was expected: {:?}", other.map(|r| r.err())),
+            }
+        }
+    }
+
+    #[test]
+    fn a_request_that_does_not_decode_is_the_calls_status() {
+        let mut slot =
+            unary_slot(|request: EchoRequest, _ctx| async move { Ok(EchoReply { payload: request.payload }) });
+        let status = slot.start(Bytes::from_static(&[0xff, 0xff]), ctx()).expect_err("garbage");
+        assert_eq!(status.code, crate::status::Code::InvalidArgument);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(
+            matches!(slot.poll_reply(&mut cx, &ReplyAlloc::Heap), Poll::Ready(Err(_))),
+            "nothing runs after a failed start"
+        );
+    }
+
+    #[test]
+    fn a_handlers_error_is_the_calls_status() {
+        let mut slot =
+            unary_slot(
+                |_: EchoRequest, _ctx| async move { Err::<EchoReply, _>(Status::not_found("no such snapshot")) },
+            );
+        slot.start(request(b"x"), ctx()).expect("starts");
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match slot.poll_reply(&mut cx, &ReplyAlloc::Heap) {
+            Poll::Ready(Err(status)) => assert_eq!(status.message, "no such snapshot"),
+            _ => panic!("the handler's status was expected"),
+        }
+    }
+}
