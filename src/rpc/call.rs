@@ -31,34 +31,35 @@ pub enum Incoming {
     Data(Bytes),
 }
 
-/// Cancels a client call when dropped before it ended.
-#[derive(Debug)]
-pub(crate) struct CancelGuard {
-    pub(crate) id: u64,
-    pub(crate) ctl: Ctl,
-}
-
-impl Drop for CancelGuard {
-    fn drop(&mut self) {
-        let status = Status::cancelled("the caller dropped the call");
-        let _ = self.ctl.send(CallCommand::Finish { id: self.id, status });
-    }
-}
-
 /// The receiving side of a call: responses for a client, requests for a server.
 #[derive(Debug)]
 pub struct CallReceiver<M> {
     id: u64,
     ctl: Ctl,
     shared: CallRef,
-    guard: Option<CancelGuard>,
+    /// A client's call: dropping the receiver before the call ended cancels it.
+    cancel_on_drop: bool,
     done: bool,
     _message: PhantomData<fn() -> M>,
 }
 
+impl<M> Drop for CallReceiver<M> {
+    fn drop(&mut self) {
+        if self.cancel_on_drop {
+            let status = Status::cancelled("the caller dropped the call");
+            let _ = self.ctl.send(CallCommand::Finish { id: self.id, status });
+        }
+    }
+}
+
 impl<M: Message + Default> CallReceiver<M> {
-    pub(crate) fn new(id: u64, ctl: Ctl, shared: CallRef, guard: Option<CancelGuard>) -> Self {
-        CallReceiver { id, ctl, shared, guard, done: false, _message: PhantomData }
+    pub(crate) fn new(id: u64, ctl: Ctl, shared: CallRef, cancel_on_drop: bool) -> Self {
+        CallReceiver { id, ctl, shared, cancel_on_drop, done: false, _message: PhantomData }
+    }
+
+    /// The call's shared state.
+    pub(crate) fn shared(&self) -> &CallRef {
+        &self.shared
     }
 
     /// The call id on its connection.
@@ -148,9 +149,7 @@ impl<M: Message + Default> CallReceiver<M> {
     }
 
     fn disarm(&mut self) {
-        if let Some(guard) = self.guard.take() {
-            std::mem::forget(guard);
-        }
+        self.cancel_on_drop = false;
     }
 }
 
@@ -374,5 +373,46 @@ impl<M: Message> ResponseSender<M> {
 
     fn ended(&self) -> Status {
         self.shared.status_or(|| Status::cancelled("the call is over"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::rpc::events::{CallPool, EventSender};
+    use crate::rpc::mailbox::{Command, Mailbox};
+
+    type Buf = crate::transport::mem::MemBuf;
+
+    fn receiver(mailbox: &Arc<Mailbox<Buf>>) -> (CallReceiver<crate::pb::echo::EchoReply>, EventSender) {
+        let shared = CallPool::default().take();
+        let events = EventSender::new(shared.clone());
+        (CallReceiver::new(7, Ctl::new(mailbox), shared, true), events)
+    }
+
+    #[tokio::test]
+    async fn a_finished_call_leaves_nothing_behind_and_a_dropped_one_is_cancelled() {
+        let mailbox = Mailbox::<Buf>::new();
+        // Finished: the reply and the call's end, then dropped. No cancel, no reference kept.
+        let (mut call, events) = receiver(&mailbox);
+        events.send(CallEvent::Message(Bytes::new()));
+        events.close(CallEvent::Closed(Status::ok()));
+        assert!(call.message().await.expect("reply").is_some());
+        assert!(call.message().await.expect("end").is_none());
+        drop(call);
+        assert!(mailbox.pop().is_none(), "a finished call is not cancelled");
+        assert_eq!(Arc::strong_count(&mailbox), 1, "the call's handle to the mailbox was released");
+        // Dropped before its end: the driver is told to cancel it.
+        let (call, _events) = receiver(&mailbox);
+        drop(call);
+        match mailbox.pop() {
+            Some(Command::Ctl(CallCommand::Finish { id: 7, status })) => {
+                assert_eq!(status.code, crate::status::Code::Cancelled);
+            }
+            _ => panic!("a Finish(Cancelled) for call 7 was expected"),
+        }
+        assert_eq!(Arc::strong_count(&mailbox), 1);
     }
 }

@@ -9,11 +9,11 @@ use std::time::Duration;
 use prost::Message;
 use tokio::sync::oneshot;
 
-use super::call::{CallReceiver, CallSender, CancelGuard};
+use super::call::{CallReceiver, CallSender};
 use super::codec;
 use super::command::{BufCommand, CallShared, MethodName};
 use super::driver::{DriverSetup, drive};
-use super::events::{CallPool, CallRef};
+use super::events::CallPool;
 use super::mailbox::{Command, Ctl, Mailbox};
 use super::{ConnectError, ConnectionConfig};
 use crate::pb::rpc as pb;
@@ -172,8 +172,7 @@ impl<T: Transport> Client<T> {
         method: &str,
         request: &Req,
     ) -> Result<Res, Status> {
-        let (receiver, _) = self.open::<Req, Res>(method, Some(request), true).await?;
-        receiver.response().await
+        self.open::<Req, Res>(method, Some(request), true).await?.response().await
     }
 
     /// A server-streaming call: one request, a stream of replies.
@@ -182,7 +181,7 @@ impl<T: Transport> Client<T> {
         method: &str,
         request: &Req,
     ) -> Result<CallReceiver<Res>, Status> {
-        Ok(self.open::<Req, Res>(method, Some(request), true).await?.0)
+        self.open::<Req, Res>(method, Some(request), true).await
     }
 
     /// A client-streaming or bidirectional call: the caller sends a stream and reads replies.
@@ -190,8 +189,8 @@ impl<T: Transport> Client<T> {
         &self,
         method: &str,
     ) -> Result<(CallSender<T, Req>, CallReceiver<Res>), Status> {
-        let (receiver, shared) = self.open::<Req, Res>(method, None, false).await?;
-        let sender = CallSender::new(self.clone(), receiver.id(), shared);
+        let receiver = self.open::<Req, Res>(method, None, false).await?;
+        let sender = CallSender::new(self.clone(), receiver.id(), receiver.shared().clone());
         Ok((sender, receiver))
     }
 
@@ -200,7 +199,7 @@ impl<T: Transport> Client<T> {
         method: &str,
         first: Option<&Req>,
         end: bool,
-    ) -> Result<(CallReceiver<Res>, CallRef), Status> {
+    ) -> Result<CallReceiver<Res>, Status> {
         let header = codec::CallHeaderRef {
             method,
             timeout_micros: self.options.timeout.map_or(0, |t| t.as_micros().clamp(1, u64::MAX as u128) as u64),
@@ -223,9 +222,7 @@ impl<T: Transport> Client<T> {
             events: super::events::EventSender::new(shared.clone()),
         };
         self.send_buf(open).map_err(|_| self.closed())?;
-        let guard = CancelGuard { id, ctl: self.shared.ctl.clone() };
-        let receiver = CallReceiver::new(id, self.shared.ctl.clone(), shared.clone(), Some(guard));
-        Ok((receiver, shared))
+        Ok(CallReceiver::new(id, self.shared.ctl.clone(), shared, true))
     }
 
     pub(crate) fn alloc(&self) -> &T::Alloc {
