@@ -1,7 +1,7 @@
 //! The [`Router`]: which service serves a method path.
 //!
 //! A server looks a path up once per call, so the lookup is on the hot path: the table hashes
-//! the received bytes with FNV-1a (no UTF-8 check, no SipHash). The table's keys are the
+//! the received bytes 8 at a time with a multiply-rotate step (no UTF-8 check, no SipHash). The table's keys are the
 //! services' own paths, fixed before the server starts, so a peer choosing what it sends cannot
 //! lengthen its probe chains: an unkeyed hash is safe here.
 
@@ -64,13 +64,16 @@ impl Router {
     }
 }
 
-/// FNV-1a, 64 bits.
-#[derive(Debug, Clone, Copy)]
+/// A multiply-rotate hash over 8 bytes at a time (FxHash's step), 64 bits: a method path of 20
+/// to 40 bytes takes 3 to 5 steps, where FNV-1a took one per byte (and 8 more for the length).
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct PathHasher(u64);
 
-impl Default for PathHasher {
-    fn default() -> Self {
-        PathHasher(0xcbf2_9ce4_8422_2325)
+const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl PathHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(SEED);
     }
 }
 
@@ -80,9 +83,22 @@ impl Hasher for PathHasher {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            let mut le = [0u8; 8];
+            le.copy_from_slice(word);
+            self.add(u64::from_le_bytes(le));
         }
+        let tail = words.remainder();
+        if !tail.is_empty() {
+            let mut le = [0u8; 8];
+            le[..tail.len()].copy_from_slice(tail);
+            self.add(u64::from_le_bytes(le));
+        }
+    }
+
+    fn write_usize(&mut self, len: usize) {
+        self.add(len as u64);
     }
 }
 
@@ -96,6 +112,10 @@ mod tests {
         let hash = |path: &[u8]| BuildHasherDefault::<PathHasher>::default().hash_one(path);
         assert_ne!(hash(b"/echo.Echo/Echo"), hash(b"/echo.Echo/Echp"));
         assert_ne!(hash(b"/a/b"), hash(b"/a/bb"));
+        assert_ne!(hash(b"/a/b"), hash(b"/a/b\0"), "the length counts, not only the zero-padded bytes");
+        // A difference in a full word, and in the tail after the words.
+        assert_ne!(hash(b"/rdmarpc.echo.Echo/Echo"), hash(b"/rdmarpc.echo.Echx/Echo"));
+        assert_ne!(hash(b"/rdmarpc.echo.Echo/Echo"), hash(b"/rdmarpc.echo.Echo/Pipe"));
         assert_eq!(hash(b"/echo.Echo/Echo"), hash(b"/echo.Echo/Echo"));
     }
 }

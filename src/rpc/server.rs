@@ -149,7 +149,7 @@ impl ServerCall {
     pub fn into_parts<Req: Message + Default, Res: Message>(
         self,
     ) -> (CallReceiver<Req>, ResponseSender<Res>, RequestContext, Finisher) {
-        let receiver = CallReceiver::new(self.id, self.ctl.clone(), self.shared.clone(), None);
+        let receiver = CallReceiver::new(self.id, self.ctl.clone(), self.shared.clone(), false);
         let sender = ResponseSender::new(self.id, self.ctl.clone(), self.shared, self.replies.clone());
         (receiver, sender, self.ctx, Finisher { id: self.id, ctl: self.ctl, replies: self.replies })
     }
@@ -158,7 +158,7 @@ impl ServerCall {
     /// needs (a call's handles share its state by reference count, so building a sender only to
     /// drop it costs three counted references on every call).
     fn into_unary_parts<Req: Message + Default>(self) -> (CallReceiver<Req>, RequestContext, Finisher) {
-        let receiver = CallReceiver::new(self.id, self.ctl.clone(), self.shared, None);
+        let receiver = CallReceiver::new(self.id, self.ctl.clone(), self.shared, false);
         (receiver, self.ctx, Finisher { id: self.id, ctl: self.ctl, replies: self.replies })
     }
 }
