@@ -397,8 +397,7 @@ mod tests {
         let mailbox = Mailbox::<Buf>::new();
         // Finished: the reply and the call's end, then dropped. No cancel, no reference kept.
         let (mut call, events) = receiver(&mailbox);
-        events.send(CallEvent::Message(Bytes::new()));
-        events.close(CallEvent::Closed(Status::ok()));
+        events.close_after(Some(CallEvent::Message(Bytes::new())), CallEvent::Closed(Status::ok()));
         assert!(call.message().await.expect("reply").is_some());
         assert!(call.message().await.expect("end").is_none());
         drop(call);

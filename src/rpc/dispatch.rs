@@ -191,7 +191,15 @@ fn finish_slot(slots: &mut IdMap<Slot>, id: u64, status: Status) {
 }
 
 fn close_slot(slot: Slot, id: u64, status: Status) {
-    let Slot { events, handler, method, started, bytes_in, bytes_out, .. } = slot;
+    close_slot_after(slot, id, None, status);
+}
+
+/// Ends a call's bookkeeping; its handle gets `last` (a client's reply), then the call's end.
+fn close_slot_after(slot: Slot, id: u64, last: Option<CallEvent>, status: Status) {
+    let Slot { events, handler, method, started, mut bytes_in, bytes_out, .. } = slot;
+    if let Some(CallEvent::Message(body) | CallEvent::Data(body)) = &last {
+        bytes_in += body.len() as u64;
+    }
     let _ = events.shared().status.set(status.clone());
     if !status.is_ok()
         && let Some(handler) = &handler
@@ -207,7 +215,7 @@ fn close_slot(slot: Slot, id: u64, status: Status) {
         code = %status.code,
         "call finished"
     );
-    events.close(CallEvent::Closed(status));
+    events.close_after(last, CallEvent::Closed(status));
 }
 
 /// A handler routed but not polled yet.
@@ -317,7 +325,20 @@ pub(super) fn dispatch<B: crate::transport::SendBuffer>(
                 }
             }
         }
-        Event::Message { id, body, end } => deliver(slots, session.role(), id, CallEvent::Message(body), end),
+        Event::Message { id, body, end } => {
+            // A client's reply that ended its call: the reply and the call's end reach the caller
+            // in one step (one lock, one wake-up, one look-up of the call).
+            if end
+                && session.role() == Role::Client
+                && let Some(status) = session.take_closed(id)
+            {
+                if let Some(slot) = slots.remove(&id) {
+                    close_slot_after(slot, id, Some(CallEvent::Message(body)), status);
+                }
+                return;
+            }
+            deliver(slots, session.role(), id, CallEvent::Message(body), end)
+        }
         Event::Data { id, body, end } => deliver(slots, session.role(), id, CallEvent::Data(body), end),
         Event::RemoteEnd { id } => {
             if let Some(slot) = slots.get(&id) {

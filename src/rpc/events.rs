@@ -268,12 +268,16 @@ impl EventSender {
         }
     }
 
-    /// Queues the call's last event and lets go of the queue, in one step (dropping the sender
-    /// lets go too, with a step of its own).
-    pub(crate) fn close(mut self, event: CallEvent) {
+    /// Queues `first` if any (a client's reply), then the call's last event, and lets go of the
+    /// queue, in one step: one lock and one wake-up (dropping the sender lets go too, with a step
+    /// of its own).
+    pub(crate) fn close_after(mut self, first: Option<CallEvent>, event: CallEvent) {
         self.closed = true;
         let waker = {
             let mut queue = self.shared.lock();
+            if let Some(first) = first {
+                queue.push(first);
+            }
             queue.push(event);
             queue.closed = true;
             queue.waker.take()
@@ -417,7 +421,7 @@ mod tests {
             async move { (shared.next_event().await, shared.next_event().await.is_none()) }
         });
         tokio::task::yield_now().await;
-        tx.close(CallEvent::Closed(Status::cancelled("gone")));
+        tx.close_after(None, CallEvent::Closed(Status::cancelled("gone")));
         let (last, ended) = waiter.await.expect("waiter");
         assert!(matches!(last, Some(CallEvent::Closed(status)) if status.code == Status::cancelled("").code));
         assert!(ended, "nothing follows a close");

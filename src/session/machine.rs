@@ -3,11 +3,10 @@
 //! [`inbound`]. See the module overview in `session/mod.rs`.
 
 mod inbound;
+mod taken;
 
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
-
-use bytes::Bytes;
 
 use super::flow::{RecvWindow, SendWindow};
 use super::queue::SendQueue;
@@ -260,25 +259,6 @@ impl<B: Body> Session<B> {
             (_, None) => self.last_heard + self.config.keepalive_interval,
         };
         Some(self.deadlines.first().map_or(keepalive, |&(d, _)| d.min(keepalive)))
-    }
-
-    /// The next event for the application.
-    pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
-    }
-
-    /// Server: the request of call `id` when it came whole in its CALL frame (one message, and the
-    /// end of the client's stream), taken out of the events; `None`, with the events left as they
-    /// are, for any other call. Called right after `Incoming { id }` was polled, it is what lets a
-    /// driver run a unary call to completion at once: the request is the next event.
-    pub fn take_request(&mut self, id: u64) -> Option<Bytes> {
-        match self.events.front() {
-            Some(Event::Message { id: next, end: true, .. }) if *next == id => match self.events.pop_front() {
-                Some(Event::Message { body, .. }) => Some(body),
-                _ => None,
-            },
-            _ => None,
-        }
     }
 
     /// The next frame to send: control frames first, then call data round-robin, as credit allows.

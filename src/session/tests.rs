@@ -115,7 +115,7 @@ fn unary_call_completes_with_implicit_ok() {
 }
 
 #[test]
-fn a_whole_request_is_taken_with_its_call_and_nothing_else_is() {
+fn a_whole_request_is_taken_with_its_call_and_an_ending_reply_with_its_end() {
     let now = Instant::now();
     let (mut client, mut server) = pair(small_config(), now);
     // 1: unary, whole in its CALL frame. 2: the request without the end. 3: no message at all.
@@ -132,11 +132,13 @@ fn a_whole_request_is_taken_with_its_call_and_nothing_else_is() {
     assert!(matches!(server.poll_event(), Some(Event::Incoming { id: 3, .. })));
     assert_eq!(server.take_request(3), None);
     assert_eq!(server.poll_event(), Some(Event::RemoteEnd { id: 3 }));
-    // The taken request's call answers as any other.
+    // The taken request's call answers as any other; the client takes its end with the reply.
     server.send(1, Kind::Message, Bytes::from_static(b"pong"), true).expect("reply");
     exchange(&mut client, &mut server, now);
-    let got = events(&mut client);
-    assert!(matches!(got.last(), Some(Event::Closed { id: 1, status }) if status.is_ok()), "{got:?}");
+    assert_eq!(client.poll_event(), Some(Event::Message { id: 1, body: Bytes::from_static(b"pong"), end: true }));
+    assert_eq!(client.take_closed(2), None, "another call's end is not taken");
+    assert_eq!(client.take_closed(1), Some(crate::Status::ok()));
+    assert_eq!(client.poll_event(), None);
 }
 
 #[test]
