@@ -7,6 +7,8 @@
 //! driver keeps the idle ones in a [`SlotPool`]. A handler still pending after its inline poll
 //! takes its slot into the task that finishes it, and the slot is dropped there. Services written
 //! by hand that return no slot get a boxed future per call ([`Service::call`](super::Service::call)).
+//! The pool keeps the unary slots of calls run to completion too ([`UnarySlot`](super::UnarySlot),
+//! `unary.rs`).
 
 use std::future::Future;
 use std::pin::Pin;

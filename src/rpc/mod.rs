@@ -11,7 +11,8 @@
 //! Each connection's driver (`driver.rs`) is a thin async shell around the IO-free session; it
 //! also writes, through its `Outbox`. Server handlers run in reusable [`HandlerSlot`]s
 //! (`handler.rs`); a unary call whose request comes whole with it runs to completion inside the
-//! driver's pass ([`UnarySlot`], `unary.rs`). Calls get tracing spans with method, peer, duration and bytes.
+//! driver's pass ([`UnarySlot`], `unary.rs`). Calls get tracing spans with method, peer,
+//! duration and bytes.
 
 mod call;
 mod client;

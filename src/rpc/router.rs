@@ -1,9 +1,9 @@
 //! The [`Router`]: which service serves a method path.
 //!
 //! A server looks a path up once per call, so the lookup is on the hot path: the table hashes
-//! the received bytes 8 at a time with a multiply-rotate step (no UTF-8 check, no SipHash). The table's keys are the
-//! services' own paths, fixed before the server starts, so a peer choosing what it sends cannot
-//! lengthen its probe chains: an unkeyed hash is safe here.
+//! the received bytes 8 at a time with a multiply-rotate step (no UTF-8 check, no SipHash). The
+//! table's keys are the services' own paths, fixed before the server starts, so a peer choosing
+//! what it sends cannot lengthen its probe chains: an unkeyed hash is safe here.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
