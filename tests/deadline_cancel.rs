@@ -5,20 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::TestServer;
 use common::calculator::pb::{CalculatorClient, CountRequest, Numbers};
+use common::{TestServer, eventually};
 use rdma_rpc::Code;
-
-/// Waits (bounded) until `condition` holds.
-async fn eventually(what: &str, condition: impl Fn() -> bool) {
-    for _ in 0..200 {
-        if condition() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("{what} did not happen within 2 s");
-}
 
 #[tokio::test]
 async fn an_expired_deadline_fails_the_call_and_stops_the_server() {

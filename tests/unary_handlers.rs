@@ -7,23 +7,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::TestServer;
 use common::calculator::pb::{CalculatorClient, CountRequest, Numbers};
+use common::{TestServer, eventually};
 use rdma_rpc::Code;
 
 fn wait(upto: u32, delay_ms: u32) -> CountRequest {
     CountRequest { upto, delay_ms }
-}
-
-/// Waits (bounded) until `condition` holds.
-async fn eventually(what: &str, condition: impl Fn() -> bool) {
-    for _ in 0..200 {
-        if condition() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("{what} did not happen within 2 s");
 }
 
 #[tokio::test]

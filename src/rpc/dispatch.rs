@@ -206,6 +206,19 @@ fn close_slot_after(slot: Slot, id: u64, last: Option<CallEvent>, status: Status
     {
         handler.abort();
     }
+    log_finished(id, &method, started, bytes_in, bytes_out, &status);
+    events.close_after(last, CallEvent::Closed(status));
+}
+
+/// A call's last log line (debug level: its fields are computed only when it is enabled).
+pub(super) fn log_finished(
+    id: u64,
+    method: &dyn std::fmt::Display,
+    started: Instant,
+    bytes_in: u64,
+    bytes_out: u64,
+    status: &Status,
+) {
     tracing::debug!(
         call = id,
         method = %method,
@@ -215,7 +228,6 @@ fn close_slot_after(slot: Slot, id: u64, last: Option<CallEvent>, status: Status
         code = %status.code,
         "call finished"
     );
-    events.close_after(last, CallEvent::Closed(status));
 }
 
 /// A handler routed but not polled yet.

@@ -24,7 +24,7 @@ use tracing::Instrument as _;
 
 use super::codec;
 use super::command::{CallCommand, MethodName, Outgoing};
-use super::dispatch::{Serving, Slot, reply_outgoing};
+use super::dispatch::{Serving, Slot, log_finished, reply_outgoing};
 use super::handler::SlotPool;
 use super::server::{MethodPath, RequestContext};
 use crate::pb::rpc as pb;
@@ -156,15 +156,7 @@ pub(super) fn run_unary<B: SendBuffer>(
     if !status.is_ok() {
         session.finish(id, status.clone());
     }
-    tracing::debug!(
-        call = id,
-        method = %method,
-        duration_us = heard.elapsed().as_micros() as u64,
-        bytes_in,
-        bytes_out,
-        code = %status.code,
-        "call finished"
-    );
+    log_finished(id, &method, heard, bytes_in as u64, bytes_out as u64, &status);
 }
 
 #[cfg(test)]
