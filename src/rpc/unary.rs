@@ -1,8 +1,9 @@
 //! Unary calls run to completion: when a CALL frame carries the whole request (its message and
 //! the end of the client's stream, which is how every rdma-rpc client sends a unary call), the
 //! driver decodes it, runs the handler, and queues the encoded reply on the session in one step
-//! of its pass, as eRPC's dispatch thread runs a request handler. No call state, event queue,
-//! request or reply handle, mailbox command or per-call bookkeeping exists for such a call.
+//! of its pass, as eRPC's dispatch thread runs a request handler. No shared call state, event
+//! queue, request or reply handle, mailbox command or driver bookkeeping exists for such a call
+//! (the session keeps its protocol state: credit, deadline, the reply's queue).
 //!
 //! The handler is an ordinary async method of the generated service trait, polled once with a
 //! no-op waker. One that is not finished then (it awaits IO, a timer, a lock) moves, with its
