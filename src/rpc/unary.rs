@@ -217,6 +217,52 @@ mod tests {
     }
 
     #[test]
+    fn the_driver_answers_a_whole_unary_request_in_the_step_that_reads_it() {
+        use crate::rpc::dispatch::dispatch;
+        use crate::rpc::events::CallPool;
+        use crate::rpc::mailbox::{Ctl, Mailbox};
+        use crate::session::{Event, Role, SessionConfig, Transmit};
+        use crate::wire::{FLAG_END_STREAM, Frame};
+
+        type Buf = crate::transport::mem::MemBuf;
+        let now = Instant::now();
+        let config = SessionConfig::default();
+        let mut session = Session::<Outgoing<Buf>>::new(Role::Server, config.clone(), now).expect("config");
+        session.handle_frame(now, Frame::Settings(config.to_settings())).expect("settings");
+        let header = pb::CallHeader { method: Bytes::from_static(b"/rdmarpc.echo.Echo/Echo"), ..Default::default() };
+        let call = Frame::Call { id: 1, header, message: Some(request(b"ping")), end: true };
+        session.handle_frame(now, call).expect("call");
+        let mut router = crate::rpc::Router::default();
+        router.add(crate::echo::EchoService::server());
+        let mailbox = Mailbox::<Buf>::new();
+        let ctl = Ctl::new(&mailbox);
+        let peer: std::sync::Arc<str> = "test://peer".into();
+        let serving = Serving {
+            router: Some(&router),
+            ctl: &ctl,
+            peer: &peer,
+            replies: std::sync::Arc::new(ReplyAlloc::Heap),
+            calls: CallPool::default(),
+        };
+        let (mut slots, mut fresh, mut pool) = (IdMap::default(), Vec::new(), SlotPool::default());
+        let incoming = session.poll_event().expect("the call");
+        assert!(matches!(incoming, Event::Incoming { id: 1, .. }));
+        dispatch(incoming, &mut session, &mut slots, &serving, &mut fresh, &mut pool, now);
+        // Answered in that step: nothing left to dispatch, to poll, to track, or in the mailbox.
+        assert_eq!(session.poll_event(), None, "the request was taken with its call");
+        assert!(slots.is_empty() && fresh.is_empty(), "no bookkeeping and no handler left to poll");
+        assert!(mailbox.pop().is_none(), "the reply did not go through the mailbox");
+        let reply = std::iter::from_fn(|| session.poll_transmit())
+            .find_map(|transmit| match transmit {
+                Transmit::Data { header, body: Outgoing::Framed(body) } if header.call_id == 1 => Some((header, body)),
+                _ => None,
+            })
+            .expect("the reply is queued on the session");
+        assert!(reply.0.flags & FLAG_END_STREAM != 0, "the reply ends the call");
+        assert_eq!(reply_of(ReplyBody::Heap(reply.1)).payload, Bytes::from_static(b"ping"));
+    }
+
+    #[test]
     fn a_handlers_error_is_the_calls_status() {
         let mut slot =
             unary_slot(
