@@ -299,8 +299,9 @@ pub(super) fn dispatch<B: crate::transport::SendBuffer>(
     let Serving { router, ctl, peer, .. } = *serving;
     match event {
         Event::Incoming { id, header } => {
+            let found = router.and_then(|router| router.find(&header.method));
             // A unary call whose request came with it runs to completion right here.
-            if let Some((method, service)) = router.and_then(|router| router.find(&header.method))
+            if let Some((method, service)) = found
                 && let Some(slot) = pool.take_unary(method, service)
             {
                 match session.take_request(id) {
@@ -314,8 +315,12 @@ pub(super) fn dispatch<B: crate::transport::SendBuffer>(
             let shared = serving.calls.take();
             let ctx = RequestContext::new(header, peer.clone());
             let call = ServerCall::new(id, ctl.clone(), ctx, shared.clone(), serving.replies.clone());
-            let routed = match router {
-                Some(router) => router.route(call, pool),
+            let routed = match found {
+                Some((method, service)) => {
+                    let mut call = call;
+                    call.set_method(method);
+                    pool.start(method, service, call).map(|handler| (method, handler))
+                }
                 None => Err(call),
             };
             match routed {

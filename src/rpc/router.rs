@@ -9,8 +9,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
-use super::handler::{SlotPool, Started};
-use super::server::{ServerCall, Service};
+use super::server::Service;
 
 /// Method paths to services.
 #[derive(Default)]
@@ -30,28 +29,10 @@ impl Router {
         self.services.push(Arc::new(service));
     }
 
-    /// Starts the handler of `call`'s method, in a slot of `pool` when the service has them; also
-    /// returns the router's own copy of the method's path (so the driver can name the call without
-    /// allocating). Gives the call back if no service serves the method.
-    #[allow(clippy::result_large_err)] // see Service::call
-    pub(crate) fn route(
-        &self,
-        mut call: ServerCall,
-        pool: &mut SlotPool,
-    ) -> Result<(&'static str, Started), ServerCall> {
-        match self.find(call.context().method.as_bytes()) {
-            Some((name, service)) => {
-                // The router's own copy from here on: a view of the received frame would keep its
-                // whole receive buffer (a registered slot, over RDMA) for as long as the handler
-                // holds its context.
-                call.set_method(name);
-                pool.start(name, service, call).map(|started| (name, started))
-            }
-            None => Err(call),
-        }
-    }
-
-    /// The router's own copy of the method `path` and the service that serves it.
+    /// The router's own copy of the method `path` and the service that serves it. The driver
+    /// names the call by that copy from then on: a view of the received frame would keep its
+    /// whole receive buffer (a registered slot, over RDMA) for as long as the handler holds its
+    /// context.
     pub(crate) fn find(&self, path: &[u8]) -> Option<(&'static str, &dyn Service)> {
         let &(name, index) = self.methods.get(path)?;
         Some((name, self.services.get(index)?.as_ref()))

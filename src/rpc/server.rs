@@ -48,8 +48,8 @@ pub trait Service: Send + Sync + 'static {
     /// A reusable slot for `method`'s handlers when it is unary (see
     /// [`unary_slot`](super::unary_slot)), else None. A unary call whose request comes whole
     /// with it then runs to completion in the connection's driver: decoded, handled and answered
-    /// in one step, with no task, call handles or queues (those it waits for, it gets once its
-    /// handler waits). Generated services return one for every unary method.
+    /// in one step, with no task, call handles or queues; a handler that waits gets a task then.
+    /// Generated services return one for every unary method.
     fn unary_slot(&self, method: &str) -> Option<Box<dyn super::UnarySlot>> {
         let _ = method;
         None

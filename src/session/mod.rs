@@ -4,8 +4,10 @@
 //! one connection. It never touches a socket, a queue pair or a clock: the driver feeds it decoded
 //! frames with [`Session::handle_frame`], tells it the time with [`Session::handle_timeout`], hands
 //! it outgoing call data, and drains what it decided with [`Session::poll_transmit`] (frames to
-//! send), [`Session::poll_event`] (what the application must learn) and [`Session::poll_timeout`]
-//! (when to wake it next). Every behaviour is therefore testable with virtual time.
+//! send), [`Session::poll_event`] (what the application must learn; [`Session::take_request`] and
+//! [`Session::take_closed`] take the event that belongs with the one just polled) and
+//! [`Session::poll_timeout`] (when to wake it next). Every behaviour is therefore testable with
+//! virtual time.
 //!
 //! It owns:
 //! - flow control: byte credits per call and per connection, granted as the application consumes
