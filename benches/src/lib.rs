@@ -63,11 +63,24 @@ impl RpcEchoServer {
 
     /// As [`start_on`](Self::start_on), with these TCP settings (e.g. busy-polling).
     pub async fn start_with(bind: &str, tcp: TcpConfig, rdma: Option<RdmaConfig>) -> io::Result<Self> {
+        Self::start_server(bind, tcp, rdma, false).await
+    }
+
+    /// As [`start_on`](Self::start_on) with RDMA, each RDMA connection run to completion in a
+    /// thread of its own (`Server::run_to_completion`).
+    pub async fn start_run_to_completion(bind: &str, rdma: RdmaConfig) -> io::Result<Self> {
+        Self::start_server(bind, TcpConfig::default(), Some(rdma), true).await
+    }
+
+    async fn start_server(bind: &str, tcp: TcpConfig, rdma: Option<RdmaConfig>, direct: bool) -> io::Result<Self> {
         let listener = TcpListener::bind(bind, tcp).await?;
         let addr = listener.local_addr()?;
         let mut router = Router::default();
         router.add(EchoService::server());
-        let server = Server::new(router, ConnectionConfig::default());
+        let mut server = Server::new(router, ConnectionConfig::default());
+        if direct {
+            server = server.run_to_completion();
+        }
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let shutdown = async {

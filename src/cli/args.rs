@@ -231,6 +231,14 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub poll: PollFlags,
 
+    /// Serve each RDMA connection in a thread of its own that polls the connection's completion
+    /// queue and runs unary handlers right where their requests arrive (no async runtime in
+    /// between): the lowest latency, for one busy core per RDMA connection. Such connections
+    /// serve unary methods only (streaming calls are refused); TCP clients are served as usual.
+    /// Example: `--listen rdma://0.0.0.0:7878 --run-to-completion`.
+    #[arg(long, conflicts_with = "target")]
+    pub run_to_completion: bool,
+
     /// Also serve replication, receiving into this endpoint: btrfs:DIR (`btrfs receive`),
     /// zfs:DATASET (`zfs receive` below it) or dir:DIR (stream files; `--sink` is the same flag,
     /// for pipe mode). Example: `--target btrfs:/mnt/backup/snaps`.

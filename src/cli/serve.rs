@@ -32,12 +32,18 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         router.add(crate::replication::service::ReplicationService::new(endpoint).server());
     }
     let services = router.describe();
-    let server = Server::new(router, ConnectionConfig::default());
+    let mut server = Server::new(router, ConnectionConfig::default());
+    if args.run_to_completion {
+        server = server.run_to_completion();
+    }
 
     {
         let mut stdout = std::io::stdout().lock();
         // A closed stdout (e.g. `| head -0`) must not stop the server: it is only a notice.
         let offer = match &rdma {
+            Some(_) if args.run_to_completion => {
+                " (RDMA offered, each RDMA connection run to completion in its own thread; TCP for clients that cannot)"
+            }
             Some(_) => " (RDMA offered; TCP for clients that cannot)",
             None if endpoint.wants_rdma() => " (RDMA not possible here: TCP only)",
             None => "",

@@ -86,19 +86,33 @@ pub(crate) async fn encode_call<A: BufferAlloc, M: Message>(
     header: CallHeaderRef<'_>,
     message: Option<&M>,
 ) -> Result<A::Buf, Status> {
+    let mut buf = alloc.alloc(call_len(&header, message)).await.map_err(transport_status)?;
+    write_call(&mut buf, header, message)?;
+    Ok(buf)
+}
+
+/// The bytes a CALL frame of `header` and `message` takes, its frame header included.
+pub(crate) fn call_len<M: Message>(header: &CallHeaderRef<'_>, message: Option<&M>) -> usize {
     let header_len = header.encoded_len();
-    let total = HEADER_LEN
+    HEADER_LEN
         + prost::encoding::encoded_len_varint(header_len as u64)
         + header_len
-        + message.map_or(0, Message::encoded_len);
-    let mut buf = alloc.alloc(total).await.map_err(transport_status)?;
+        + message.map_or(0, Message::encoded_len)
+}
+
+/// Writes a CALL body into `buf`, which has room for [`call_len`] bytes.
+pub(crate) fn write_call<B: SendBuffer, M: Message>(
+    buf: &mut B,
+    header: CallHeaderRef<'_>,
+    message: Option<&M>,
+) -> Result<(), Status> {
     let writer = buf.writer();
     writer.put_bytes(0, HEADER_LEN);
-    header.encode_length_delimited(header_len, writer);
+    header.encode_length_delimited(header.encoded_len(), writer);
     if let Some(message) = message {
         message.encode(writer).map_err(encode_status)?;
     }
-    Ok(buf)
+    Ok(())
 }
 
 /// Encodes one message after `HEADER_LEN` bytes of room, straight into a transport buffer.

@@ -259,7 +259,7 @@ fn received_len(msg: &Result<Option<bytes::Bytes>, crate::transport::TransportEr
 }
 
 /// Feeds one received message to the session; false once the connection is over.
-fn handle_received<B: crate::transport::SendBuffer>(
+pub(super) fn handle_received<B: crate::transport::SendBuffer>(
     msg: Result<Option<bytes::Bytes>, crate::transport::TransportError>,
     now: Instant,
     session: &mut Session<Outgoing<B>>,

@@ -19,6 +19,7 @@ mod client;
 mod codec;
 mod command;
 mod connect;
+pub mod direct;
 mod dispatch;
 mod driver;
 mod events;

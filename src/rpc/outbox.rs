@@ -75,6 +75,30 @@ where
         Ok(())
     }
 
+    /// [`drive`](Self::drive) without waiting, for a driver that polls instead of awaiting
+    /// (`direct`): `flush` is the transport's own non-waiting flush (true once everything
+    /// queued is posted), and a stalled frame gets a buffer only if one is free now.
+    pub(crate) fn drive_now(
+        &mut self,
+        flush: impl FnOnce(&mut S) -> Result<bool, TransportError>,
+    ) -> Result<(), TransportError> {
+        if self.dirty && flush(&mut self.sender)? {
+            self.dirty = false;
+        }
+        if let Some(capacity) = self.stalled.as_ref().and_then(needs_buffer)
+            && let Some(buf) = self.alloc.try_alloc(capacity)
+            && let Some(transmit) = self.stalled.take()
+        {
+            self.encode(transmit, Some(buf?))?;
+        }
+        Ok(())
+    }
+
+    /// The allocator frames are encoded with.
+    pub(crate) fn alloc(&self) -> &A {
+        &self.alloc
+    }
+
     /// Writes everything queued and closes the sending direction.
     pub(crate) async fn close(&mut self) -> Result<(), TransportError> {
         while self.wants_drive() {

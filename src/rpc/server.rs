@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use prost::Message;
@@ -23,7 +24,7 @@ use crate::session::Role;
 use crate::status::Status;
 use crate::transport::ReplyAlloc;
 use crate::transport::Transport;
-use crate::transport::rdma::{Accepted, RdmaConfig};
+use crate::transport::rdma::{Accepted, RdmaConfig, RdmaConnection};
 use crate::transport::tcp::{TcpHalves, TcpListener};
 
 /// A running handler.
@@ -260,13 +261,47 @@ pub struct Server {
     config: ConnectionConfig,
     /// How to ask each connection to shut down.
     stops: Vec<StopHandle>,
+    /// The same for connections run to completion in threads of their own.
+    direct_stops: Vec<Weak<AtomicBool>>,
+    /// RDMA connections get a thread each that runs their calls to completion.
+    run_to_completion: bool,
     connections: JoinSet<Status>,
 }
 
 impl Server {
     /// A server with these services.
     pub fn new(router: Router, config: ConnectionConfig) -> Self {
-        Server { router: Arc::new(router), config, stops: Vec::new(), connections: JoinSet::new() }
+        Server {
+            router: Arc::new(router),
+            config,
+            stops: Vec::new(),
+            direct_stops: Vec::new(),
+            run_to_completion: false,
+            connections: JoinSet::new(),
+        }
+    }
+
+    /// Serves each RDMA connection in a thread of its own that polls the connection's CQ and runs
+    /// its unary handlers to completion ([`direct`](super::direct), eRPC's model): the lowest
+    /// latency, for one busy core per connection. Such connections serve unary methods only
+    /// (streaming calls get `Unimplemented`); TCP connections are served as always.
+    pub fn run_to_completion(mut self) -> Self {
+        self.run_to_completion = true;
+        self
+    }
+
+    /// Serves one RDMA connection in a thread of its own, its calls run to completion there
+    /// (see [`run_to_completion`](Self::run_to_completion)).
+    pub fn serve_connection_direct(&mut self, connection: RdmaConnection) {
+        let stop = Arc::new(AtomicBool::new(false));
+        self.direct_stops.retain(|stop| stop.strong_count() > 0);
+        self.direct_stops.push(Arc::downgrade(&stop));
+        let (router, config) = (self.router.clone(), self.config.clone());
+        let runtime = tokio::runtime::Handle::current();
+        while self.connections.try_join_next().is_some() {}
+        self.connections.spawn_blocking(move || {
+            super::direct::serve_connection_direct(&router, &config, connection, &stop, Some(runtime))
+        });
     }
 
     /// Serves one established connection in a task of its own.
@@ -340,6 +375,7 @@ impl Server {
                     Err(err) => tracing::warn!(%err, "accept failed"),
                 },
                 Some((peer, accepted)) = ready.recv() => match accepted {
+                    Accepted::Rdma(connection) if self.run_to_completion => self.serve_connection_direct(connection),
                     Accepted::Rdma(connection) => self.serve_connection(connection),
                     Accepted::Tcp { sender, receiver, first, reason } => {
                         if let Some(reason) = reason {
@@ -359,6 +395,9 @@ impl Server {
     pub async fn shutdown(mut self, drain: Duration) {
         for stop in self.stops.drain(..) {
             stop.stop();
+        }
+        for stop in self.direct_stops.drain(..).filter_map(|stop| stop.upgrade()) {
+            stop.store(true, Ordering::Relaxed);
         }
         let all = async { while self.connections.join_next().await.is_some() {} };
         if tokio::time::timeout(drain, all).await.is_err() {

@@ -262,6 +262,8 @@ enum Spin {
     Armed,
     /// Spin until then.
     Until(Instant),
+    /// The CQ belongs to the thread that polls this receiver, for good (`claim_cq`).
+    Claimed,
 }
 
 impl RdmaReceiver {
@@ -282,6 +284,13 @@ impl RdmaReceiver {
             let end = match self.spin {
                 Spin::Off => break,
                 Spin::Until(end) => end,
+                Spin::Claimed => {
+                    if self.reap_here() {
+                        continue;
+                    }
+                    poller::spin_once().await;
+                    continue;
+                }
                 Spin::Armed => {
                     let end = match self.inner.config.poll {
                         crate::PollMode::Adaptive(budget) => now + budget,
@@ -296,18 +305,7 @@ impl RdmaReceiver {
                 break;
             }
             self.inner.lease.hold(now, end);
-            let progressed = match self.inner.reaper.try_lock() {
-                Ok(mut reaper) => match crate::reap::step(&self.inner, &mut reaper) {
-                    Ok(progressed) => progressed,
-                    Err(err) => {
-                        crate::reap::fail(&self.inner, &reaper, err);
-                        true
-                    }
-                },
-                // The poller task is reaping right now: what it finds lands in the queue.
-                Err(_) => false,
-            };
-            if !progressed {
+            if !self.reap_here() {
                 poller::spin_once().await;
             }
         }
@@ -321,8 +319,54 @@ impl RdmaReceiver {
     }
 
     fn taken(&mut self, message: Result<Bytes, RdmaError>) -> Result<Option<Bytes>, RdmaError> {
-        self.spin = Spin::Armed;
+        if self.spin != Spin::Claimed {
+            self.spin = Spin::Armed;
+        }
         message.map(Some)
+    }
+
+    /// Makes this receiver the CQ's only poller until it is dropped: the poller task stays
+    /// asleep (it still ends the connection when the peer goes), and [`poll_now`](Self::poll_now)
+    /// reaps in the calling thread. For a thread that runs a connection to completion with no
+    /// runtime between the CQ and the handler; nothing is received unless it polls.
+    pub fn claim_cq(&mut self) {
+        self.spin = Spin::Claimed;
+        self.inner.lease.hold_for_good();
+    }
+
+    /// The next message if one has arrived, reaping the CQ in the calling thread: never waits.
+    /// `Some(Ok(None))` once the connection closed cleanly. Meant for a receiver that
+    /// [claimed](Self::claim_cq) the CQ; otherwise it reaps only when the poller task is not.
+    pub fn poll_now(&mut self) -> Option<Result<Option<Bytes>, RdmaError>> {
+        if let Some(taken) = self.try_take() {
+            return Some(taken);
+        }
+        self.reap_here();
+        self.try_take()
+    }
+
+    /// A message already reaped, the end, or `None`.
+    fn try_take(&mut self) -> Option<Result<Option<Bytes>, RdmaError>> {
+        match self.incoming.try_recv() {
+            Ok(message) => Some(message.map(Some)),
+            Err(mpsc::error::TryRecvError::Disconnected) => Some(Ok(None)),
+            Err(mpsc::error::TryRecvError::Empty) => None,
+        }
+    }
+
+    /// One reaping step in this task or thread, unless the poller task is reaping right now
+    /// (what it finds lands in the queue). True if anything happened.
+    fn reap_here(&self) -> bool {
+        match self.inner.reaper.try_lock() {
+            Ok(mut reaper) => match crate::reap::step(&self.inner, &mut reaper) {
+                Ok(progressed) => progressed,
+                Err(err) => {
+                    crate::reap::fail(&self.inner, &reaper, err);
+                    true
+                }
+            },
+            Err(_) => false,
+        }
     }
 }
 

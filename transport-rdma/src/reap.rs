@@ -55,6 +55,13 @@ impl Lease {
         self.until.store(until.saturating_duration_since(self.epoch).as_nanos() as u64, Ordering::Release);
     }
 
+    /// Held until given up: a thread that polls the CQ itself for good (`RdmaReceiver::claim_cq`).
+    pub(crate) fn hold_for_good(&self) {
+        // Thirty years: far enough never to end, near enough for any timer to take.
+        let until = Instant::now() + Duration::from_secs(30 * 365 * 86_400);
+        self.until.store(until.saturating_duration_since(self.epoch).as_nanos() as u64, Ordering::Release);
+    }
+
     /// Given up: the poller task takes over at once.
     pub(crate) fn release(&self) {
         if self.until.swap(0, Ordering::AcqRel) != 0 {

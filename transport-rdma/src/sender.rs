@@ -148,10 +148,7 @@ impl RdmaSender {
                 }
             }
             self.reserve().await?;
-            if let Err(err) = lock(&self.inner.qp).post_send(self.batch.drain(..)) {
-                self.inner.close(err.to_string());
-                return Err(err);
-            }
+            self.post_batch()?;
         }
         Ok(())
     }
@@ -164,11 +161,44 @@ impl RdmaSender {
         Ok(SlotWriter::new(region.take(0).await))
     }
 
+    /// Posts what is queued as far as credit, large buffers and the peer's buffers allow now,
+    /// without waiting: what a thread that polls its CQ itself (no runtime) sends with. True when
+    /// the queue is empty; false when something waits for credit, which reaping the CQ brings.
+    pub fn try_flush(&mut self) -> Result<bool, RdmaError> {
+        while let Some(front) = self.queue.front() {
+            if let Queued::Joined { head, payload } = front {
+                let total = head.len() + payload.len();
+                let region = self.inner.large_send.iter().find(|r| r.slot_size() >= total);
+                let region =
+                    region.ok_or(RdmaError::TooLarge { len: total, max: self.inner.config.max_message_size() })?;
+                let Some(slot) = region.try_take() else { return Ok(false) };
+                if let Some(Queued::Joined { head, payload }) = self.queue.pop_front() {
+                    self.queue.push_front(Queued::Ready(join(SlotWriter::new(slot), &head, &payload)));
+                }
+            }
+            if let Some(reason) = self.inner.closed_reason() {
+                return Err(RdmaError::Closed(reason));
+            }
+            if !fill_batch(&self.inner, &mut self.queue, &mut self.batch) {
+                return Ok(false);
+            }
+            self.post_batch()?;
+        }
+        Ok(true)
+    }
+
+    /// Posts `self.batch`; a failure closes the connection.
+    fn post_batch(&mut self) -> Result<(), RdmaError> {
+        if let Err(err) = lock(&self.inner.qp).post_send(self.batch.drain(..)) {
+            self.inner.close(err.to_string());
+            return Err(err);
+        }
+        Ok(())
+    }
+
     /// Waits for credit (and large buffers), then moves the longest run of ready messages at the
     /// front of the queue they allow into `self.batch`, as work requests (never an empty batch).
     async fn reserve(&mut self) -> Result<(), RdmaError> {
-        let slot_size = self.inner.send_region.slot_size();
-        self.batch.clear();
         loop {
             let notified = self.inner.credit_changed.notified();
             tokio::pin!(notified);
@@ -176,41 +206,8 @@ impl RdmaSender {
             if let Some(reason) = self.inner.closed_reason() {
                 return Err(RdmaError::Closed(reason));
             }
-            {
-                let mut credits = lock(&self.inner.credits);
-                // One credit stays for credit-only messages.
-                let limit = (credits.available as usize).saturating_sub(1);
-                let first = credits.posted;
-                while self.batch.len() < limit {
-                    let Some(Queued::Ready(buf)) = self.queue.front() else { break };
-                    let remote = if buf.len() > slot_size {
-                        let Some(target) = credits.remote.take(buf.len()) else { break };
-                        Some(target)
-                    } else {
-                        None
-                    };
-                    if let Some(Queued::Ready(buf)) = self.queue.pop_front() {
-                        let seq = first + self.batch.len() as u64;
-                        self.batch.push(SendRequest {
-                            // A WRITE's immediate names its buffer; a SEND's is filled in below.
-                            imm: remote.map_or(0, |(_, imm)| imm),
-                            signaled: seq % SIGNAL_EVERY == SIGNAL_EVERY - 1 || remote.is_some(),
-                            remote: remote.map(|(target, _)| target),
-                            slot: Some(buf.slot),
-                        });
-                    }
-                }
-                if let Some(last) = self.batch.last_mut() {
-                    last.signaled = true;
-                    let count = self.batch.len();
-                    credits.available -= count as u32;
-                    credits.posted += count as u64;
-                    // The first SEND of the batch announces the receives re-posted.
-                    if let Some(announcer) = self.batch.iter_mut().find(|request| request.remote.is_none()) {
-                        announcer.imm = std::mem::take(&mut credits.owed);
-                    }
-                    return Ok(());
-                }
+            if fill_batch(&self.inner, &mut self.queue, &mut self.batch) {
+                return Ok(());
             }
             notified.await;
         }
@@ -236,6 +233,46 @@ impl RdmaSender {
         self.inner.close("closed locally".into());
         flushed
     }
+}
+
+/// Moves the longest run of ready messages at the front of `queue` that the peer's credit
+/// and large buffers allow now into `batch`; false when not even one can go.
+fn fill_batch(inner: &Inner, queue: &mut VecDeque<Queued>, batch: &mut Vec<SendRequest>) -> bool {
+    let slot_size = inner.send_region.slot_size();
+    batch.clear();
+    let mut credits = lock(&inner.credits);
+    // One credit stays for credit-only messages.
+    let limit = (credits.available as usize).saturating_sub(1);
+    let first = credits.posted;
+    while batch.len() < limit {
+        let Some(Queued::Ready(buf)) = queue.front() else { break };
+        let remote = if buf.len() > slot_size {
+            let Some(target) = credits.remote.take(buf.len()) else { break };
+            Some(target)
+        } else {
+            None
+        };
+        if let Some(Queued::Ready(buf)) = queue.pop_front() {
+            let seq = first + batch.len() as u64;
+            batch.push(SendRequest {
+                // A WRITE's immediate names its buffer; a SEND's is filled in below.
+                imm: remote.map_or(0, |(_, imm)| imm),
+                signaled: seq % SIGNAL_EVERY == SIGNAL_EVERY - 1 || remote.is_some(),
+                remote: remote.map(|(target, _)| target),
+                slot: Some(buf.slot),
+            });
+        }
+    }
+    let Some(last) = batch.last_mut() else { return false };
+    last.signaled = true;
+    let count = batch.len();
+    credits.available -= count as u32;
+    credits.posted += count as u64;
+    // The first SEND of the batch announces the receives re-posted.
+    if let Some(announcer) = batch.iter_mut().find(|request| request.remote.is_none()) {
+        announcer.imm = std::mem::take(&mut credits.owed);
+    }
+    true
 }
 
 /// Copies a header and its payload into `joined`, one registered buffer.

@@ -29,7 +29,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use clap::Parser;
 use rdma_rpc::pb::echo::EchoClient;
-use rdma_rpc::rpc::{ConnectOptions, Connection};
+use rdma_rpc::rpc::direct::DirectClient;
+use rdma_rpc::rpc::{ConnectOptions, Connection, ConnectionConfig};
 use rdma_rpc::transport::rdma::{PollMode, RdmaConfig, RdmaConnection};
 use rdma_rpc::transport::tcp::{TcpConfig, TcpConnection};
 use rdma_rpc_benches::alloc_count::{CountingAlloc, Side, set_side};
@@ -37,7 +38,7 @@ use rdma_rpc_benches::tonic_echo::{TonicEchoClient, TonicEchoServer};
 use rdma_rpc_benches::{RawCopyServer, RawEchoServer, RawPipelinedClient, RawSinkServer, RpcEchoServer, payload};
 
 use rdma_rpc_benches::raw_rdma::RawRdmaEchoServer;
-use report::{RAW, RAW_BUSY, RAW_RDMA, RPC_RDMA, RPC_TCP, RPC_TCP_SLEEP, Report, TONIC, UnaryRow};
+use report::{RAW, RAW_BUSY, RAW_RDMA, RPC_RDMA, RPC_RDMA_DIRECT, RPC_TCP, RPC_TCP_SLEEP, Report, TONIC, UnaryRow};
 use unary::{Caller, Measured, Raw, RawPipelined, RawRdma, Rpc, Tonic};
 
 #[global_allocator]
@@ -194,6 +195,8 @@ struct Servers {
     /// The same, sleeping at once instead of spinning after each message.
     rpc_sleep: RpcEchoServer,
     rdma: Option<(RpcEchoServer, RdmaConfig)>,
+    /// The same server running each RDMA connection to completion in a thread of its own.
+    rdma_direct: Option<RpcEchoServer>,
     /// The bare RDMA transport's echo on the same device.
     raw_rdma: Option<RawRdmaEchoServer>,
     raw_echo: RawEchoServer,
@@ -206,18 +209,21 @@ struct Servers {
 impl Servers {
     async fn start(rdma: Option<(String, RdmaConfig)>) -> Result<Servers, String> {
         let bind = |err| format!("a server cannot bind: {err}");
-        let (rdma, raw_rdma) = match rdma {
+        let (rdma, rdma_direct, raw_rdma) = match rdma {
             Some((addr, config)) => {
                 let server = RpcEchoServer::start_on(&format!("{addr}:0"), Some(config.clone())).await.map_err(bind)?;
+                let direct =
+                    RpcEchoServer::start_run_to_completion(&format!("{addr}:0"), config.clone()).await.map_err(bind)?;
                 let raw = RawRdmaEchoServer::start(&format!("{addr}:0"), config.clone()).await.map_err(bind)?;
-                (Some((server, config)), Some(raw))
+                (Some((server, config)), Some(direct), Some(raw))
             }
-            None => (None, None),
+            None => (None, None, None),
         };
         Ok(Servers {
             rpc: RpcEchoServer::start().await.map_err(bind)?,
             rpc_sleep: RpcEchoServer::start_with("127.0.0.1:0", no_spin_tcp(), None).await.map_err(bind)?,
             rdma,
+            rdma_direct,
             raw_rdma,
             raw_echo: RawEchoServer::start().await.map_err(bind)?,
             raw_echo_busy: RawEchoServer::start_with(true).await.map_err(bind)?,
@@ -288,6 +294,9 @@ fn run(args: &Args) -> Result<Report, String> {
             if let Some((server, _)) = servers.rdma {
                 let _ = server.stop().await;
             }
+            if let Some(server) = servers.rdma_direct {
+                let _ = server.stop().await;
+            }
             let _ = servers.tonic.stop().await;
         });
     }
@@ -329,6 +338,17 @@ async fn measure_all(servers: Arc<Servers>, plan: Plan) -> Result<Report, String
                 {
                     let callers = (0..in_flight).map(|_| Rpc(rdma.clone())).collect();
                     unary::merge_into(&mut cells, RPC_RDMA, unary::run(callers, data.clone(), warm_up, window).await?)?;
+                }
+                if let (Some(server), Some((_, config))) = (&servers.rdma_direct, &servers.rdma)
+                    && in_flight == 1
+                    && plan.measures(RPC_RDMA_DIRECT)
+                {
+                    let addr = server.addr().to_string();
+                    let client = DirectClient::connect(&addr, config, ConnectionConfig::default())
+                        .await
+                        .map_err(|err| format!("run-to-completion client: {err}"))?;
+                    let measured = unary::run_direct(client, data.clone(), warm_up, window).await?;
+                    unary::merge_into(&mut cells, RPC_RDMA_DIRECT, measured)?;
                 }
                 if let Some(server) = servers.raw_rdma.as_ref().filter(|_| in_flight == 1 && plan.measures(RAW_RDMA)) {
                     let measured =

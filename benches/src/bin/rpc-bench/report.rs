@@ -13,6 +13,9 @@ pub const RPC_TCP: &str = "rdma-rpc tcp";
 pub const RPC_TCP_SLEEP: &str = "rdma-rpc tcp no-spin";
 /// rdma-rpc over RDMA (only when an RDMA address was given).
 pub const RPC_RDMA: &str = "rdma-rpc rdma";
+/// rdma-rpc over RDMA run to completion: the server's connection thread and the calling thread
+/// poll their CQs themselves (`rpc::direct`; one call in flight).
+pub const RPC_RDMA_DIRECT: &str = "rdma-rpc rdma run-to-completion";
 /// The RDMA transport alone echoing messages, no RPC layers (only with an RDMA address; one call
 /// in flight).
 pub const RAW_RDMA: &str = "raw rdma transport";
@@ -155,6 +158,11 @@ impl Report {
         row("perftest: 2 × `ib_send_lat` t_typical (verbs in a tight loop)", perftest);
         row("raw rdma transport: rdma-rpc's RDMA transport echoing, no RPC layers", raw_p50);
         row("rdma-rpc rdma: the whole stack (frame, session, call, protobuf)", Some(rpc.micros(50.0)));
+        let direct = self.unary(RPC_RDMA_DIRECT, 64, 1).map(|m| m.micros(50.0));
+        row(
+            "rdma-rpc rdma run-to-completion: the whole stack, polled by the caller's and the connection's threads",
+            direct,
+        );
         out.push('\n');
     }
 
@@ -207,6 +215,11 @@ impl Report {
         if let (Some(lat), Some(_)) = (self.perftest.lat_us, self.unary(RPC_RDMA, 64, 1)) {
             let name = "RDMA unary p50, 64 B, 1 in flight ÷ perftest round trip (2 × ib_send_lat) ≤ 1.5";
             target(name, div(p50(RPC_RDMA), Some(2.0 * lat)), &|v| v <= 1.5);
+            if self.unary(RPC_RDMA_DIRECT, 64, 1).is_some() {
+                let name =
+                    "RDMA unary p50 run to completion (`rpc::direct`), 64 B, 1 in flight ÷ perftest round trip ≤ 1.5";
+                target(name, div(p50(RPC_RDMA_DIRECT), Some(2.0 * lat)), &|v| v <= 1.5);
+            }
         }
         let one_way = |system| self.one_way.iter().find(|(s, _)| *s == system).map(|(_, t)| t.megabytes_per_sec());
         if let (Some(bw), Some(rdma)) = (self.perftest.bw_mbs, one_way(RPC_RDMA)) {

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use rdma_rpc::pb::echo::{EchoClient, EchoRequest};
+use rdma_rpc::pb::echo::{EchoClient, EchoReply, EchoRequest};
+use rdma_rpc::rpc::direct::DirectClient;
 use rdma_rpc::transport::Transport;
 use rdma_rpc_benches::alloc_count::{self, Counts, Side};
 use rdma_rpc_benches::raw_rdma::RawRdmaEchoClient;
@@ -161,6 +162,43 @@ pub async fn run<C: Caller>(
         let part = task.await.map_err(|err| format!("a load task failed: {err}"))??;
         histogram.add(&part).map_err(|err| format!("histograms merge: {err}"))?;
     }
+    Ok(Measured { calls: histogram.len(), histogram, window })
+}
+
+/// The echo method's path, for the untyped run-to-completion client.
+const ECHO_PATH: &str = "/rdmarpc.echo.Echo/Echo";
+
+/// [`run`] for a run-to-completion client: its calls block, so it runs in a blocking thread of
+/// the runtime, one call in flight.
+pub async fn run_direct(
+    mut client: DirectClient,
+    payload: Bytes,
+    warm_up: Duration,
+    window: Duration,
+) -> Result<Measured, String> {
+    let start = Instant::now() + warm_up;
+    let end = start + window;
+    let measured = tokio::task::spawn_blocking(move || {
+        let request = EchoRequest { payload };
+        let mut histogram = new_histogram();
+        loop {
+            let started = Instant::now();
+            if started >= end {
+                return Ok::<_, String>(histogram);
+            }
+            let reply: EchoReply = client
+                .unary(ECHO_PATH, &request)
+                .map_err(|status| format!("rdma-rpc run-to-completion echo: {status}"))?;
+            if reply.payload.len() != request.payload.len() {
+                return Err(format!("echo returned {} bytes for {}", reply.payload.len(), request.payload.len()));
+            }
+            if started >= start {
+                let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                histogram.saturating_record(nanos.clamp(1, MAX_RECORDED_NS));
+            }
+        }
+    });
+    let histogram = measured.await.map_err(|err| format!("the load thread failed: {err}"))??;
     Ok(Measured { calls: histogram.len(), histogram, window })
 }
 
