@@ -45,6 +45,8 @@ pub(crate) struct Inner {
     /// Whether the receiver is spinning on the CQ itself.
     pub(crate) lease: Lease,
     pub(crate) large_recv: Mutex<LargeRecv>,
+    /// The regions of `large_recv`, to see without its lock whether one has a buffer back.
+    large_recv_regions: Vec<Arc<Region>>,
     pub(crate) send_region: Arc<Region>,
     pub(crate) recv_region: Arc<Region>,
     /// One send region per large class, smallest first.
@@ -85,6 +87,12 @@ impl Inner {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.is_closed.load(Ordering::Acquire)
+    }
+
+    /// Whether a receive buffer, or a large buffer the peer wrote into, came back from the
+    /// application since it was last re-posted or lent again (lock-free: counters only).
+    pub(crate) fn buffers_freed(&self) -> bool {
+        self.recv_region.free_count() > 0 || self.large_recv_regions.iter().any(|region| region.free_count() > 0)
     }
 }
 
@@ -156,11 +164,17 @@ impl Setup {
         let credits =
             Credits { available: peer_recv_buffers, owed: 0, posted: 0, remote: RemoteBuffers::new(peer_large) };
         let (incoming, rx) = mpsc::unbounded_channel();
-        let reaper = Reaper { cq: self.cq.poller(), completions: Vec::with_capacity(64), incoming: Some(incoming) };
+        let reaper = Reaper {
+            cq: self.cq.poller(),
+            completions: Vec::with_capacity(64),
+            incoming: Some(incoming),
+            claimed: None,
+        };
         let inner = Inner {
             qp: Mutex::new(self.qp),
             reaper: Mutex::new(reaper),
             lease: Lease::new(),
+            large_recv_regions: self.large_recv.regions().to_vec(),
             large_recv: Mutex::new(self.large_recv),
             send_region: self.send_region,
             recv_region: self.recv_region,
@@ -275,6 +289,15 @@ impl RdmaReceiver {
     /// message.
     pub async fn recv(&mut self) -> Result<Option<Bytes>, RdmaError> {
         loop {
+            if self.spin == Spin::Claimed {
+                match self.poll_now() {
+                    Some(message) => return message,
+                    None => {
+                        poller::spin_once().await;
+                        continue;
+                    }
+                }
+            }
             match self.incoming.try_recv() {
                 Ok(message) => return self.taken(message),
                 Err(mpsc::error::TryRecvError::Disconnected) => return Ok(None),
@@ -284,13 +307,7 @@ impl RdmaReceiver {
             let end = match self.spin {
                 Spin::Off => break,
                 Spin::Until(end) => end,
-                Spin::Claimed => {
-                    if self.reap_here() {
-                        continue;
-                    }
-                    poller::spin_once().await;
-                    continue;
-                }
+                Spin::Claimed => unreachable!("a claimed receiver is polled above"),
                 Spin::Armed => {
                     let end = match self.inner.config.poll {
                         crate::PollMode::Adaptive(budget) => now + budget,
@@ -332,12 +349,35 @@ impl RdmaReceiver {
     pub fn claim_cq(&mut self) {
         self.spin = Spin::Claimed;
         self.inner.lease.hold_for_good();
+        // Under the reaper's lock nothing new enters the channel: what it holds now goes first.
+        let mut reaper = lock(&self.inner.reaper);
+        let claimed = reaper.claimed.get_or_insert_with(std::collections::VecDeque::new);
+        while let Ok(message) = self.incoming.try_recv() {
+            claimed.push_back(message);
+        }
     }
 
     /// The next message if one has arrived, reaping the CQ in the calling thread: never waits.
     /// `Some(Ok(None))` once the connection closed cleanly. Meant for a receiver that
     /// [claimed](Self::claim_cq) the CQ; otherwise it reaps only when the poller task is not.
     pub fn poll_now(&mut self) -> Option<Result<Option<Bytes>, RdmaError>> {
+        if self.spin == Spin::Claimed {
+            // The poller task reaps only to drain a closed connection, into the channel, after
+            // what is queued here: the channel is looked at once this queue is empty.
+            let mut reaper = self.inner.reaper.try_lock().ok()?;
+            if let Some(message) = reaper.claimed.as_mut().and_then(std::collections::VecDeque::pop_front) {
+                return Some(message.map(Some));
+            }
+            if let Err(err) = crate::reap::step(&self.inner, &mut reaper) {
+                crate::reap::fail(&self.inner, &reaper, err);
+            }
+            if let Some(message) = reaper.claimed.as_mut().and_then(std::collections::VecDeque::pop_front) {
+                return Some(message.map(Some));
+            }
+            drop(reaper);
+            // Errors and the end come through the channel, and only once the connection closed.
+            return if self.inner.is_closed() { self.try_take() } else { None };
+        }
         if let Some(taken) = self.try_take() {
             return Some(taken);
         }

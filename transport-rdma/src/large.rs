@@ -104,6 +104,11 @@ impl LargeRecv {
         Ok(LargeRecv { regions, lent, unannounced: VecDeque::new() })
     }
 
+    /// The registered region of each class.
+    pub(crate) fn regions(&self) -> &[Arc<Region>] {
+        &self.regions
+    }
+
     /// What the handshake tells the peer.
     pub(crate) fn advertised(&self) -> Vec<Advertised> {
         let size = |r: &Region| u32::try_from(r.slot_size()).unwrap_or(u32::MAX);

@@ -113,7 +113,7 @@ async fn drain_after_close(inner: &Inner) {
     // Successful completions queued before the close are still data the peer sent.
     {
         let mut reaper = lock(&inner.reaper);
-        let Reaper { cq, completions, incoming } = &mut *reaper;
+        let Reaper { cq, completions, incoming, .. } = &mut *reaper;
         completions.clear();
         if cq.poll(completions).is_ok() {
             for completion in completions.iter() {

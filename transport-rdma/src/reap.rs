@@ -29,6 +29,11 @@ pub(crate) struct Reaper {
     pub(crate) completions: Vec<Completion>,
     /// `None` once the poller finished: the receiver then sees the end of the queue.
     pub(crate) incoming: Option<Incoming>,
+    /// Messages reaped for a receiver that claimed the CQ (`RdmaReceiver::claim_cq`), which
+    /// takes them from here under this lock: no channel between its CQ and its caller. What the
+    /// channel held at the claim moved here first; what the poller task sends once the
+    /// connection closed (the drain, the error, the end) still goes through `incoming`, after.
+    pub(crate) claimed: Option<std::collections::VecDeque<Result<Bytes, RdmaError>>>,
 }
 
 /// How long one renewal of the receiver's lease keeps the poller task away: if the receiver stops
@@ -91,20 +96,30 @@ pub(crate) fn step(inner: &Inner, reaper: &mut Reaper) -> Result<bool, RdmaError
     if inner.is_closed() {
         return Ok(false);
     }
-    let Reaper { cq, completions, incoming } = reaper;
+    let Reaper { cq, completions, incoming, claimed } = reaper;
     completions.clear();
     let reaped = cq.poll(completions)?;
     for completion in completions.iter() {
         let outcome = lock(&inner.qp).reap(completion)?;
         if let Reaped::Received { slot, imm, byte_len } = outcome
             && let Some(message) = received(inner, slot, imm, byte_len)?
-            && let Some(incoming) = incoming
         {
-            let _ = incoming.send(Ok(message));
+            match (claimed.as_mut(), incoming.as_ref()) {
+                (Some(claimed), _) => claimed.push_back(Ok(message)),
+                (None, Some(incoming)) => {
+                    let _ = incoming.send(Ok(message));
+                }
+                (None, None) => {}
+            }
         }
     }
     if reaped > 0 {
         inner.credit_changed.notify_waiters();
+    } else if !inner.buffers_freed() {
+        // Nothing came and nothing was handed back: re-posting would find nothing to do (its
+        // pending work, credit and large-buffer announcements, waits for credit, which comes
+        // with a completion). What an idle spin turn costs is a CQ poll and this look.
+        return Ok(false);
     }
     let reposted = repost(inner)?;
     Ok(reaped > 0 || reposted)

@@ -116,7 +116,9 @@ impl DirectClient {
         codec::write_call(&mut buf, CallHeaderRef { method, timeout_micros, metadata }, Some(request))?;
         let id = self.next_id;
         self.next_id += 1;
-        self.conn.session.open_call(Instant::now(), id, timeout, Outgoing::Buf(buf), true, true)?;
+        // A deadline counts from now; otherwise the connection's coarse clock will do.
+        let now = if timeout.is_some() { Instant::now() } else { self.conn.now() };
+        self.conn.session.open_call(now, id, timeout, Outgoing::Buf(buf), true, true)?;
         Ok(id)
     }
 

@@ -20,10 +20,11 @@ use crate::wire::WireLimits;
 /// the thread from writing.
 const RECV_BATCH: usize = 64;
 
-/// Empty turns between two looks at the clock (a clock read costs more than a turn that finds
-/// nothing). Deadlines and keepalive are checked that often while nothing arrives, and after
-/// every turn that received something.
-pub(super) const TURNS_PER_CLOCK: u32 = 64;
+/// Turns between two reads of the clock: a read costs more than a turn that finds nothing, and
+/// a round trip takes a few turns. The session's clock (what a frame was heard at, keepalive,
+/// deadline checks) is that coarse: a few microseconds natively. A call with a deadline reads
+/// the clock for its start itself.
+const TURNS_PER_CLOCK: u32 = 64;
 
 /// A connection and its session, run by one thread.
 pub(super) struct DirectConn {
@@ -34,8 +35,9 @@ pub(super) struct DirectConn {
     pub(super) peer: Arc<str>,
     /// The transport failed to send: the session was told, nothing more is written.
     send_failed: bool,
-    /// Turns that found nothing since the clock was last read.
-    idle_turns: u32,
+    /// Turns since the clock was last read, and what it said.
+    turns: u32,
+    now: Instant,
 }
 
 impl DirectConn {
@@ -55,7 +57,8 @@ impl DirectConn {
             limits,
             peer,
             send_failed: false,
-            idle_turns: 0,
+            turns: 0,
+            now: Instant::now(),
         })
     }
 
@@ -65,33 +68,33 @@ impl DirectConn {
     }
 
     /// One turn: what the session released goes out (as far as credit allows now), then what
-    /// arrived goes into the session; then, now and then, its deadlines are checked. True if a
-    /// message arrived.
+    /// arrived goes into the session; every [`TURNS_PER_CLOCK`] turns, the clock is read and the
+    /// session's deadlines checked. True if a message arrived.
     pub(super) fn turn(&mut self) -> bool {
         self.transmit();
         let mut received = 0;
-        let mut now = None;
         while received < RECV_BATCH {
             let Some(message) = self.receiver.poll_now() else { break };
-            let at = *now.get_or_insert_with(Instant::now);
             received += 1;
             let message = message.map_err(TransportError::from);
-            if !handle_received(message, at, &mut self.session, &self.limits, &self.peer) {
+            if !handle_received(message, self.now, &mut self.session, &self.limits, &self.peer) {
                 break;
             }
         }
-        if received == 0 {
-            self.idle_turns += 1;
-            if self.idle_turns < TURNS_PER_CLOCK {
-                return false;
+        self.turns += 1;
+        if self.turns >= TURNS_PER_CLOCK {
+            self.turns = 0;
+            self.now = Instant::now();
+            if self.session.poll_timeout().is_some_and(|at| at <= self.now) {
+                self.session.handle_timeout(self.now);
             }
         }
-        self.idle_turns = 0;
-        let now = now.unwrap_or_else(Instant::now);
-        if self.session.poll_timeout().is_some_and(|at| at <= now) {
-            self.session.handle_timeout(now);
-        }
         received > 0
+    }
+
+    /// The time as of the last clock read: at most [`TURNS_PER_CLOCK`] turns old.
+    pub(super) fn now(&self) -> Instant {
+        self.now
     }
 
     /// Hands every frame the session releases to the transport and posts what credit allows.

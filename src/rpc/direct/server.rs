@@ -82,7 +82,7 @@ fn start(
     id: u64,
     header: pb::CallHeader,
 ) {
-    let heard = Instant::now();
+    let heard = conn.now();
     let Some((method, service)) = router.find(&header.method) else {
         let path = MethodPath::from(header.method);
         let status = Status::unimplemented(format!(
@@ -146,8 +146,8 @@ enum Outcome {
     Panicked,
 }
 
-/// Runs a handler to its end: polled once with a no-op waker (an echo is done then); one that
-/// waits is polled again each time its waker unparks this thread, until `deadline`.
+/// Runs a handler to its end: polled once with a no-op waker (an echo is done then, and costs no
+/// waker); one that waits goes on in [`finish_waiting`].
 fn run(
     slot: &mut Box<dyn UnarySlot>,
     request: bytes::Bytes,
@@ -160,20 +160,31 @@ fn run(
         Ok(()) => slot.poll_reply(&mut cx, replies),
         Err(status) => Poll::Ready(Err(status)),
     }));
+    if let Ok(Poll::Pending) = first { finish_waiting(slot, replies, deadline) } else { outcome(first) }
+}
+
+/// What a poll that is not pending means.
+fn outcome(polled: std::thread::Result<Poll<Result<ReplyBody, Status>>>) -> Outcome {
+    match polled {
+        Ok(Poll::Ready(Ok(reply))) => Outcome::Replied(reply),
+        Ok(Poll::Ready(Err(status))) => Outcome::Failed(status),
+        Ok(Poll::Pending) => Outcome::Failed(Status::internal("the handler was still running")),
+        Err(_) => Outcome::Panicked,
+    }
+}
+
+/// Polls a handler that waits each time its waker unparks this thread, until it is done or
+/// `deadline` passes. The first poll's waker was a no-op: this polls again at once with one
+/// that unparks.
+fn finish_waiting(slot: &mut Box<dyn UnarySlot>, replies: &ReplyAlloc, deadline: Option<Instant>) -> Outcome {
     let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
     let mut cx = Context::from_waker(&waker);
-    let mut polled = first;
-    // The first poll's waker is a no-op: the second poll, at once, registers this thread's.
-    let mut parked_before = false;
     loop {
-        match polled {
-            Ok(Poll::Ready(Ok(reply))) => return Outcome::Replied(reply),
-            Ok(Poll::Ready(Err(status))) => return Outcome::Failed(status),
-            Err(_) => return Outcome::Panicked,
-            Ok(Poll::Pending) => {}
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| slot.poll_reply(&mut cx, replies)));
+        if !matches!(polled, Ok(Poll::Pending)) {
+            return outcome(polled);
         }
         match deadline {
-            _ if !std::mem::replace(&mut parked_before, true) => {}
             Some(deadline) => {
                 let now = Instant::now();
                 if now >= deadline {
@@ -184,7 +195,6 @@ fn run(
             }
             None => std::thread::park(),
         }
-        polled = std::panic::catch_unwind(AssertUnwindSafe(|| slot.poll_reply(&mut cx, replies)));
     }
 }
 

@@ -243,6 +243,16 @@ impl Servers {
             None => Ok(None),
         }
     }
+
+    /// A new run-to-completion client of the run-to-completion server, if this run measures
+    /// RDMA (one per measurement, as for [`rdma_client`](Self::rdma_client)).
+    async fn direct_client(&self) -> Result<Option<DirectClient>, String> {
+        let (Some(server), Some((_, config))) = (&self.rdma_direct, &self.rdma) else { return Ok(None) };
+        let client = DirectClient::connect(&server.addr().to_string(), config, ConnectionConfig::default())
+            .await
+            .map_err(|err| format!("run-to-completion client: {err}"))?;
+        Ok(Some(client))
+    }
 }
 
 /// TCP settings of the no-spin rows: sleep in epoll at once, as `--no-spin` does.
@@ -339,14 +349,10 @@ async fn measure_all(servers: Arc<Servers>, plan: Plan) -> Result<Report, String
                     let callers = (0..in_flight).map(|_| Rpc(rdma.clone())).collect();
                     unary::merge_into(&mut cells, RPC_RDMA, unary::run(callers, data.clone(), warm_up, window).await?)?;
                 }
-                if let (Some(server), Some((_, config))) = (&servers.rdma_direct, &servers.rdma)
-                    && in_flight == 1
+                if in_flight == 1
                     && plan.measures(RPC_RDMA_DIRECT)
+                    && let Some(client) = servers.direct_client().await?
                 {
-                    let addr = server.addr().to_string();
-                    let client = DirectClient::connect(&addr, config, ConnectionConfig::default())
-                        .await
-                        .map_err(|err| format!("run-to-completion client: {err}"))?;
                     let measured = unary::run_direct(client, data.clone(), warm_up, window).await?;
                     unary::merge_into(&mut cells, RPC_RDMA_DIRECT, measured)?;
                 }
@@ -388,6 +394,11 @@ async fn measure_all(servers: Arc<Servers>, plan: Plan) -> Result<Report, String
         report.allocations.push((RPC_TCP, size, alloc_of(Rpc(rpc.clone()), &data, &plan).await?));
         if let Some(rdma) = servers.rdma_client().await? {
             report.allocations.push((RPC_RDMA, size, alloc_of(Rpc(rdma), &data, &plan).await?));
+        }
+        if let Some(client) = servers.direct_client().await? {
+            let (warm_up, calls) = (plan.alloc_calls / 2, plan.alloc_calls);
+            let per = unary::allocations_per_call_direct(client, data.clone(), warm_up, calls).await?;
+            report.allocations.push((RPC_RDMA_DIRECT, size, per));
         }
         let raw = servers.raw_echo.client().await.map_err(raw_err)?;
         report.allocations.push((RAW, size, alloc_of(Raw(raw), &data, &plan).await?));

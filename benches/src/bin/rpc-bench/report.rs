@@ -226,7 +226,9 @@ impl Report {
             target("RDMA stream one way ÷ ib_write_bw ≥ 0.7", Some(rdma / bw), &|v| v >= 0.7);
         }
         let allocs = |system| self.allocations.iter().find(|(s, size, _)| *s == system && *size == 64).map(|a| &a.2);
-        for (system, name, limit) in [(RPC_TCP, "TCP", 4.0), (RPC_RDMA, "RDMA", 2.0)] {
+        let systems =
+            [(RPC_TCP, "TCP", 4.0), (RPC_RDMA, "RDMA", 2.0), (RPC_RDMA_DIRECT, "RDMA run to completion", 2.0)];
+        for (system, name, limit) in systems {
             let Some(per) = allocs(system) else { continue };
             let client = format!("{name} heap allocations per unary call, 64 B, client side ≤ {limit}");
             target(&client, Some(per.client), &|v| v <= limit);

@@ -223,18 +223,37 @@ pub async fn allocations_per_call<C: Caller>(
             caller.call(&request).await?;
         }
         alloc_count::set_tracing(false);
-        let delta = Counts::now().since(&before);
-        let per = |side| delta.allocations(side) as f64 / calls.max(1) as f64;
-        let bytes = |side| delta.bytes(side) as f64 / calls.max(1) as f64;
-        Ok::<_, String>(PerCall {
-            client: per(Side::Client),
-            server: per(Side::Server),
-            other: per(Side::Other),
-            client_bytes: bytes(Side::Client),
-            server_bytes: bytes(Side::Server),
-        })
+        Ok::<_, String>(PerCall::since(&before, calls))
     });
     task.await.map_err(|err| format!("the allocation task failed: {err}"))?
+}
+
+/// [`allocations_per_call`] for a run-to-completion client, in a blocking thread of the client
+/// runtime (counted as [`Side::Client`] too: the runtime marks its blocking threads).
+pub async fn allocations_per_call_direct(
+    mut client: DirectClient,
+    payload: Bytes,
+    warm_up: u64,
+    calls: u64,
+) -> Result<PerCall, String> {
+    let task = tokio::task::spawn_blocking(move || {
+        let request = EchoRequest { payload };
+        let mut call = || {
+            client.unary::<_, EchoReply>(ECHO_PATH, &request).map_err(|status| format!("run to completion: {status}"))
+        };
+        for _ in 0..warm_up {
+            call()?;
+        }
+        let traced = trace_allocs();
+        let before = Counts::now();
+        for i in 0..calls {
+            alloc_count::set_tracing(i < traced);
+            call()?;
+        }
+        alloc_count::set_tracing(false);
+        Ok::<_, String>(PerCall::since(&before, calls))
+    });
+    task.await.map_err(|err| format!("the allocation thread failed: {err}"))?
 }
 
 /// How many measured calls of each allocation cell print their allocations' backtraces to stderr
@@ -257,4 +276,20 @@ pub struct PerCall {
     pub client_bytes: f64,
     /// Bytes allocated on the server side.
     pub server_bytes: f64,
+}
+
+impl PerCall {
+    /// What was allocated since `before`, per call of `calls`.
+    fn since(before: &Counts, calls: u64) -> PerCall {
+        let delta = Counts::now().since(before);
+        let per = |side| delta.allocations(side) as f64 / calls.max(1) as f64;
+        let bytes = |side| delta.bytes(side) as f64 / calls.max(1) as f64;
+        PerCall {
+            client: per(Side::Client),
+            server: per(Side::Server),
+            other: per(Side::Other),
+            client_bytes: bytes(Side::Client),
+            server_bytes: bytes(Side::Server),
+        }
+    }
 }
