@@ -119,7 +119,8 @@ impl Frame {
             Kind::Settings => Frame::Settings(decode_proto(header.kind, body)?),
             Kind::Call => {
                 let call_header = decode_call_header(&mut body)?;
-                if std::str::from_utf8(&call_header.method).is_err() {
+                // Method paths are ASCII in practice: checked a word at a time, UTF-8 only if not.
+                if !call_header.method.is_ascii() && std::str::from_utf8(&call_header.method).is_err() {
                     return Err(WireError::Malformed { kind: Kind::Call, reason: "method is not UTF-8" });
                 }
                 let message = if header.has(FLAG_HAS_MESSAGE) {

@@ -85,6 +85,12 @@ impl Inner {
         lock(&self.closed).clone()
     }
 
+    /// The error a closed connection's operations return (check [`is_closed`](Self::is_closed)
+    /// first: that is lock-free, this is not).
+    pub(crate) fn closed_error(&self) -> RdmaError {
+        RdmaError::Closed(self.closed_reason().unwrap_or_else(|| "closed".into()))
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.is_closed.load(Ordering::Acquire)
     }

@@ -109,8 +109,8 @@ impl RdmaSender {
 
     /// Queues a message; no IO until `flush`.
     pub fn feed(&mut self, buf: SlotWriter) -> Result<(), RdmaError> {
-        if let Some(reason) = self.inner.closed_reason() {
-            return Err(RdmaError::Closed(reason));
+        if self.inner.is_closed() {
+            return Err(self.inner.closed_error());
         }
         self.queue.push_back(Queued::Ready(buf));
         Ok(())
@@ -128,8 +128,8 @@ impl RdmaSender {
         if total > max {
             return Err(RdmaError::TooLarge { len: total, max });
         }
-        if let Some(reason) = self.inner.closed_reason() {
-            return Err(RdmaError::Closed(reason));
+        if self.inner.is_closed() {
+            return Err(self.inner.closed_error());
         }
         self.queue.push_back(Queued::Joined { head, payload });
         Ok(())
@@ -176,8 +176,8 @@ impl RdmaSender {
                     self.queue.push_front(Queued::Ready(join(SlotWriter::new(slot), &head, &payload)));
                 }
             }
-            if let Some(reason) = self.inner.closed_reason() {
-                return Err(RdmaError::Closed(reason));
+            if self.inner.is_closed() {
+                return Err(self.inner.closed_error());
             }
             if !fill_batch(&self.inner, &mut self.queue, &mut self.batch) {
                 return Ok(false);
@@ -203,8 +203,8 @@ impl RdmaSender {
             let notified = self.inner.credit_changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(reason) = self.inner.closed_reason() {
-                return Err(RdmaError::Closed(reason));
+            if self.inner.is_closed() {
+                return Err(self.inner.closed_error());
             }
             if fill_batch(&self.inner, &mut self.queue, &mut self.batch) {
                 return Ok(());
@@ -222,7 +222,7 @@ impl RdmaSender {
             let notified = self.inner.credit_changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if lock(&self.inner.qp).sends_in_flight() == 0 || self.inner.closed_reason().is_some() {
+            if lock(&self.inner.qp).sends_in_flight() == 0 || self.inner.is_closed() {
                 break;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {

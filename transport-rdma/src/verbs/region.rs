@@ -356,4 +356,20 @@ unsafe impl bytes::BufMut for SlotWriter {
         let len = self.slot.len;
         UninitSlice::new(&mut self.slot.whole_mut()[len..])
     }
+
+    // The provided `put_slice` and `put_u8` go through `chunk_mut` and `advance_mut` per call;
+    // prost writes every key, length and varint byte with them. One bounds check and a copy each.
+    fn put_slice(&mut self, src: &[u8]) {
+        let len = self.slot.len;
+        let end = len.checked_add(src.len()).filter(|&end| end <= self.slot.capacity());
+        let end = end.unwrap_or_else(|| {
+            panic!("{} bytes do not fit a registered buffer's {} left", src.len(), self.remaining_mut())
+        });
+        self.slot.whole_mut()[len..end].copy_from_slice(src);
+        self.slot.len = end;
+    }
+
+    fn put_u8(&mut self, n: u8) {
+        self.put_slice(&[n]);
+    }
 }
