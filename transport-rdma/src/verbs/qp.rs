@@ -87,6 +87,17 @@ pub(crate) struct RcQueuePair {
     max_inline: u32,
 }
 
+/// The first `count` entries of `array` as initialised values.
+///
+/// # Safety
+/// Each of `array[..count]` must have been written.
+unsafe fn initialized<T>(array: &mut [MaybeUninit<T>], count: usize) -> &mut [T] {
+    let count = count.min(array.len());
+    // SAFETY: the caller wrote the first `count` entries; `MaybeUninit<T>` has `T`'s layout, and
+    // the slice borrows `array` mutably for as long as it lives.
+    unsafe { std::slice::from_raw_parts_mut(array.as_mut_ptr().cast::<T>(), count) }
+}
+
 fn mtu_from_bytes(bytes: u32) -> Mtu {
     match bytes {
         0..=256 => Mtu::Mtu256,
@@ -205,9 +216,9 @@ impl RcQueuePair {
         let mut slots = slots.into_iter().peekable();
         let mut posted = 0;
         while slots.peek().is_some() {
-            let mut sges = [ibv_sge { addr: 0, length: 0, lkey: 0 }; POST_CHUNK];
-            let mut wrs =
-                [const { ibv_recv_wr { wr_id: 0, next: null_mut(), sg_list: null_mut(), num_sge: 0 } }; POST_CHUNK];
+            // Written as slots come (see `post_send`).
+            let mut sges = [const { MaybeUninit::<ibv_sge>::uninit() }; POST_CHUNK];
+            let mut wrs = [const { MaybeUninit::<ibv_recv_wr>::uninit() }; POST_CHUNK];
             let mut count = 0;
             for slot in slots.by_ref().take(POST_CHUNK) {
                 // The table has an entry per slot of the receive region (both are sized by
@@ -215,13 +226,17 @@ impl RcQueuePair {
                 // (back to the region, untouched by the NIC).
                 debug_assert!((slot.index() as usize) < self.recv_posted.len(), "receive slot outside the table");
                 let Some(entry) = self.recv_posted.get_mut(slot.index() as usize) else { continue };
-                sges[count] = ibv_sge {
+                sges[count].write(ibv_sge {
                     addr: slot.addr(),
                     length: u32::try_from(slot.capacity()).unwrap_or(u32::MAX),
                     lkey: slot.lkey(),
-                };
-                wrs[count].wr_id = RECV_FLAG | u64::from(slot.index());
-                wrs[count].num_sge = 1;
+                });
+                wrs[count].write(ibv_recv_wr {
+                    wr_id: RECV_FLAG | u64::from(slot.index()),
+                    next: null_mut(),
+                    sg_list: null_mut(),
+                    num_sge: 1,
+                });
                 // The Slot moves into `recv_posted` before the doorbell rings and stays there
                 // until its completion is reaped (or the QP is destroyed).
                 if entry.replace(slot).is_none() {
@@ -232,7 +247,10 @@ impl RcQueuePair {
             if count == 0 {
                 continue;
             }
-            let head = link(&mut wrs[..count], &mut sges);
+            // SAFETY: the loop above wrote `wrs[..count]` and `sges[..count]`, and `MaybeUninit<T>`
+            // has `T`'s layout.
+            let (wrs, sges) = unsafe { (initialized(&mut wrs, count), initialized(&mut sges, count)) };
+            let head = link(wrs, sges);
             let mut bad = null_mut();
             // SAFETY: the QP pointer is valid while `self.qp` lives. `head` starts the list of
             // `wrs[..count]`, linked within this stack frame (the last `next` is null), each with
@@ -244,8 +262,8 @@ impl RcQueuePair {
             // the flush (or the QP's destruction) gives them back once the caller closes the
             // connection. From `bad` on, the NIC never saw them: they go back now.
             if rc != 0 {
-                let unposted = wrs[..count].iter().position(|wr| std::ptr::eq(wr, bad)).unwrap_or(count);
-                for wr in &wrs[unposted..count] {
+                let unposted = wrs.iter().position(|wr| std::ptr::eq(wr, bad)).unwrap_or(count);
+                for wr in &wrs[unposted..] {
                     let index = (wr.wr_id & !RECV_FLAG) as usize;
                     if self.recv_posted.get_mut(index).and_then(Option::take).is_some() {
                         self.recv_posted_count -= 1;
@@ -265,9 +283,9 @@ impl RcQueuePair {
         let mut requests = requests.into_iter().peekable();
         let mut posted = 0;
         while requests.peek().is_some() {
-            let mut sges = [ibv_sge { addr: 0, length: 0, lkey: 0 }; POST_CHUNK];
-            // Written one by one as requests come: zeroing all `POST_CHUNK` (4 KiB) for the one
-            // request a round trip posts cost more than the rest of building it.
+            // Written one by one as requests come: zeroing all `POST_CHUNK` (5 KiB with the SGEs)
+            // for the one request a round trip posts cost more than the rest of building it.
+            let mut sges = [const { MaybeUninit::<ibv_sge>::uninit() }; POST_CHUNK];
             let mut wrs = [const { MaybeUninit::<ibv_send_wr>::uninit() }; POST_CHUNK];
             let mut count = 0;
             for request in requests.by_ref().take(POST_CHUNK) {
@@ -282,16 +300,18 @@ impl RcQueuePair {
                     None => wr.opcode = ibv_wr_opcode::IBV_WR_SEND_WITH_IMM,
                 }
                 let mut flags = if request.signaled { ibv_send_flags::IBV_SEND_SIGNALED.0 } else { 0 };
+                // A request without a slot has no SGE (`num_sge` 0): its entry is never read.
+                sges[count].write(ibv_sge { addr: 0, length: 0, lkey: 0 });
                 if let Some(slot) = &request.slot {
                     if slot.len() > 0 && slot.len() <= self.max_inline as usize {
                         // The device copies the bytes at post time (where it supports inline).
                         flags |= ibv_send_flags::IBV_SEND_INLINE.0;
                     }
-                    sges[count] = ibv_sge {
+                    sges[count].write(ibv_sge {
                         addr: slot.addr(),
                         length: u32::try_from(slot.len()).unwrap_or(u32::MAX),
                         lkey: slot.lkey(),
-                    };
+                    });
                     wr.num_sge = 1;
                 }
                 wr.send_flags = flags;
@@ -301,9 +321,10 @@ impl RcQueuePair {
                 self.next_wr += 1;
                 count += 1;
             }
-            // SAFETY: the loop above wrote `wrs[..count]`, and `MaybeUninit<T>` has `T`'s layout.
-            let wrs = unsafe { std::slice::from_raw_parts_mut(wrs.as_mut_ptr().cast::<ibv_send_wr>(), count) };
-            let head = link(wrs, &mut sges);
+            // SAFETY: the loop above wrote `wrs[..count]` and `sges[..count]`, and `MaybeUninit<T>`
+            // has `T`'s layout.
+            let (wrs, sges) = unsafe { (initialized(&mut wrs, count), initialized(&mut sges, count)) };
+            let head = link(wrs, sges);
             let mut bad = null_mut();
             // SAFETY: the QP pointer is valid while `self.qp` lives. `head` starts `wrs[..count]`, a list
             // linked within this stack frame (the last `next` is null), each with at most one SGE

@@ -38,7 +38,7 @@ impl Chained for ibv_recv_wr {
 /// head of the list. The pointers stay valid while neither array moves or is borrowed again: link
 /// right before posting, and post the returned head.
 pub(super) fn link<W: Chained>(wrs: &mut [W], sges: &mut [ibv_sge]) -> *mut W {
-    // Callers size both arrays `POST_CHUNK`; a request past the SGEs gets none (null, and the
+    // Callers pass one SGE per request; a request past the SGEs would get none (null, and the
     // provider would reject `num_sge` 1 with it rather than read anything).
     let count = wrs.len();
     let base = wrs.as_mut_ptr();
