@@ -175,6 +175,24 @@ fn fallback_urls_fail_or_use_tcp_on_a_host_without_devices() {
     let out = run(&["serve", "--listen", "rdma://127.0.0.1:0", "--no-fallback"]);
     assert_eq!(out.status.code(), Some(2), "{out}");
     assert!(out.stderr.contains("RDMA not possible to 127.0.0.1:0"), "{out}");
+
+    // Run to completion polls a completion queue: never TCP.
+    let out = run(&["ping", &server.url("rdma"), "--run-to-completion", "--count", "5"]);
+    assert_eq!(out.status.code(), Some(2), "{out}");
+    assert!(out.stderr.contains("RDMA not possible to 127.0.0.1:"), "{out}");
+}
+
+#[test]
+fn run_to_completion_ping_needs_rdma_and_one_call_in_flight() {
+    let out = run(&["ping", "tcp://127.0.0.1:7878", "--run-to-completion"]);
+    assert_eq!(out.status.code(), Some(2), "{out}");
+    assert!(out.stderr.contains("use an rdma:// URL"), "{out}");
+    let out = run(&["ping", "rdma://127.0.0.1:7878", "--run-to-completion", "--concurrency", "4"]);
+    assert_eq!(out.status.code(), Some(2), "{out}");
+    assert!(out.stderr.contains("cannot be used with"), "{out}");
+    let out = run(&["serve", "--listen", "rdma://127.0.0.1:0", "--run-to-completion", "--target", "dir:/tmp/x"]);
+    assert_eq!(out.status.code(), Some(2), "{out}");
+    assert!(out.stderr.contains("cannot be used with"), "{out}");
 }
 
 #[test]

@@ -268,6 +268,14 @@ fn spawn_cli_server(addr: &str) -> (Child, String) {
 async fn rdma_run_to_completion_peer_killed_fails_the_call_promptly() {
     let addr = rdma_addr();
     let (mut server, port) = spawn_cli_server(&addr);
+    // The CLI's own run-to-completion ping against it.
+    let ping = Command::new(env!("CARGO_BIN_EXE_rdma-rpc"))
+        .args(["ping", &format!("rdma://{addr}:{port}"), "--run-to-completion", "--count", "200", "--size", "100"])
+        .output()
+        .expect("run rdma-rpc ping");
+    let stdout = String::from_utf8_lossy(&ping.stdout);
+    assert!(ping.status.success(), "{stdout}{}", String::from_utf8_lossy(&ping.stderr));
+    assert!(stdout.contains("run to completion") && stdout.contains("200 calls, 100 B payload"), "{stdout}");
     let client = direct_client(&format!("{addr}:{port}")).await;
     let (client, ()) = blocking(client, |client| {
         echo(client, &pattern(64, 1)).expect("served by the CLI's run-to-completion server");

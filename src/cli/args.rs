@@ -274,6 +274,14 @@ pub struct PingArgs {
     #[arg(long)]
     pub no_fallback: bool,
 
+    /// Make the calls from this thread, which polls the RDMA completion queue itself between
+    /// request and reply (no async runtime on the round trip; the library's `DirectClient`).
+    /// The lowest latency, for a busy core while calls wait. Needs an rdma:// URL (never falls
+    /// back to TCP) and one call in flight; pairs with `serve --run-to-completion`.
+    /// Example: `rdma-rpc ping rdma://node2:7878 --run-to-completion`.
+    #[arg(long, conflicts_with = "concurrency")]
+    pub run_to_completion: bool,
+
     /// How connections wait for data.
     #[command(flatten)]
     pub poll: PollFlags,

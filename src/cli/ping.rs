@@ -3,7 +3,8 @@
 //! `--concurrency C` runs C tasks that share one connection (clones of one client) and take call
 //! numbers from a shared counter until `--count` calls were made. Every reply must equal its
 //! payload (each payload starts with its call number, so swapped replies are caught too). The
-//! first failure stops the run and becomes the command's error.
+//! first failure stops the run and becomes the command's error. `--run-to-completion` makes the
+//! calls from one thread that polls the RDMA completion queue itself (`rpc::direct`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,7 +14,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use tokio::task::JoinSet;
 
-use crate::pb::echo::{EchoClient, EchoRequest};
+use crate::pb::echo::{EchoClient, EchoReply, EchoRequest};
+use crate::rpc::direct::DirectClient;
 use crate::rpc::{Client, ConnectError, ConnectOptions, Connection, connect};
 use crate::transport::Transport;
 
@@ -35,6 +37,9 @@ pub async fn run(args: PingArgs) -> Result<(), CliError> {
     let timeout = Duration::from_millis(args.timeout_ms);
     let url = endpoint.to_string();
     let host_port = endpoint.host_port();
+    if args.run_to_completion {
+        return run_to_completion(&args, &url, &host_port, timeout).await;
+    }
     let options = ConnectOptions {
         rdma: endpoint.wants_rdma().then(|| super::rdma_config(args.poll)),
         fallback: !args.no_fallback,
@@ -121,16 +126,75 @@ impl<T: Transport> Run<T> {
             let request = EchoRequest { payload: payload(index, self.size) };
             let started = Instant::now();
             let reply = self.client.echo(&request).await.map_err(|status| CliError::call(index, &self.peer, status))?;
-            let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            histogram.saturating_record(nanos.clamp(1, MAX_RECORDED_NS));
-            if reply.payload != request.payload {
-                let (sent, got) = (&request.payload, &reply.payload);
-                let at = sent.iter().zip(got.iter()).position(|(a, b)| a != b).unwrap_or(sent.len().min(got.len()));
-                return Err(CliError::Mismatch { index, sent: sent.len(), got: got.len(), at });
-            }
+            record(&mut histogram, started);
+            check_echo(index, &request, &reply)?;
         }
         Ok(histogram)
     }
+}
+
+/// `--run-to-completion`: one connection whose calls this command's own thread makes, polling the
+/// completion queue between request and reply.
+async fn run_to_completion(args: &PingArgs, url: &str, host_port: &str, timeout: Duration) -> Result<(), CliError> {
+    if !args.url.wants_rdma() {
+        return Err(CliError::BadUrl {
+            url: url.to_string(),
+            reason: "--run-to-completion polls an RDMA completion queue: use an rdma:// URL".into(),
+        });
+    }
+    let config = super::rdma_config(args.poll);
+    let connecting = DirectClient::connect(host_port, &config, crate::rpc::ConnectionConfig::default());
+    let mut client = match tokio::time::timeout(timeout, connecting).await {
+        Err(_) => return Err(CliError::ConnectTimeout { endpoint: url.to_string(), timeout_ms: args.timeout_ms }),
+        Ok(Err(ConnectError::RdmaRequired { reason })) => {
+            return Err(CliError::RdmaUnavailable { host_port: host_port.to_string(), reason });
+        }
+        Ok(Err(other)) => return Err(CliError::connect(url, other)),
+        Ok(Ok(client)) => client,
+    };
+    client.set_timeout(Some(timeout));
+    println!("transport: rdma, run to completion (this thread polls the completion queue)");
+    println!("peer: {} (concurrency 1, timeout {} ms)", client.peer(), args.timeout_ms);
+    let (count, size) = (args.count, usize::try_from(args.size).expect("--size is capped at 16 MiB by its parser"));
+    let peer = client.peer().to_string();
+    let started = Instant::now();
+    let calls = tokio::task::spawn_blocking(move || {
+        let mut histogram = new_histogram();
+        for index in 0..count {
+            let request = EchoRequest { payload: payload(index, size) };
+            let started = Instant::now();
+            let reply: EchoReply =
+                client.unary(ECHO, &request).map_err(|status| CliError::call(index, &peer, status))?;
+            record(&mut histogram, started);
+            check_echo(index, &request, &reply)?;
+        }
+        Ok::<_, CliError>(histogram)
+    });
+    let histogram = match calls.await {
+        Ok(result) => result?,
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    };
+    println!("{}", summary(&histogram, count, size, started.elapsed()));
+    Ok(())
+}
+
+/// The echo method's path, for the untyped run-to-completion client.
+const ECHO: &str = "/rdmarpc.echo.Echo/Echo";
+
+/// Records the round trip that started at `started`.
+fn record(histogram: &mut Histogram<u64>, started: Instant) {
+    let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    histogram.saturating_record(nanos.clamp(1, MAX_RECORDED_NS));
+}
+
+/// The reply must be the payload sent.
+fn check_echo(index: u64, request: &EchoRequest, reply: &EchoReply) -> Result<(), CliError> {
+    if reply.payload == request.payload {
+        return Ok(());
+    }
+    let (sent, got) = (&request.payload, &reply.payload);
+    let at = sent.iter().zip(got.iter()).position(|(a, b)| a != b).unwrap_or(sent.len().min(got.len()));
+    Err(CliError::Mismatch { index, sent: sent.len(), got: got.len(), at })
 }
 
 pub(crate) fn new_histogram() -> Histogram<u64> {
