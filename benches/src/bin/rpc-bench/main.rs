@@ -104,6 +104,15 @@ struct Args {
     /// target is computed against it.
     #[arg(long, value_name = "MBS")]
     perftest_bw_mbs: Option<f64>,
+    /// perftest's round trip with the 64 B echo's own message sizes: `ib_send_lat -s REQUEST`
+    /// t_typical plus `ib_send_lat -s REPLY` t_typical (µs; the sizes `--print-frame-sizes`
+    /// gives), same device and boot: the latency baseline that moves the same bytes.
+    #[arg(long, value_name = "US")]
+    perftest_frames_rt_us: Option<f64>,
+    /// Print the sizes in bytes of the 64 B echo's request and reply as they cross the wire
+    /// (frame header included), one line "REQUEST REPLY", and exit.
+    #[arg(long)]
+    print_frame_sizes: bool,
 }
 
 /// The parts of a run.
@@ -166,7 +175,11 @@ impl Plan {
                 alloc_calls: 100,
                 only: args.only,
                 quick: args.quick,
-                perftest: report::Perftest { lat_us: args.perftest_lat_us, bw_mbs: args.perftest_bw_mbs },
+                perftest: report::Perftest {
+                    lat_us: args.perftest_lat_us,
+                    bw_mbs: args.perftest_bw_mbs,
+                    frames_rt_us: args.perftest_frames_rt_us,
+                },
                 sizes: args.sizes.clone(),
                 in_flight: args.in_flight.clone(),
                 systems: args.systems.clone(),
@@ -180,7 +193,11 @@ impl Plan {
                 alloc_calls: 2000,
                 only: args.only,
                 quick: args.quick,
-                perftest: report::Perftest { lat_us: args.perftest_lat_us, bw_mbs: args.perftest_bw_mbs },
+                perftest: report::Perftest {
+                    lat_us: args.perftest_lat_us,
+                    bw_mbs: args.perftest_bw_mbs,
+                    frames_rt_us: args.perftest_frames_rt_us,
+                },
                 sizes: args.sizes.clone(),
                 in_flight: args.in_flight.clone(),
                 systems: args.systems.clone(),
@@ -271,6 +288,11 @@ fn runtime(name: &'static str, side: Side) -> std::io::Result<tokio::runtime::Ru
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.print_frame_sizes {
+        let (request, reply) = unary::echo_frame_sizes(64);
+        println!("{request} {reply}");
+        return ExitCode::SUCCESS;
+    }
     match run(&args) {
         Ok(report) => {
             print!("{}", report.to_markdown());

@@ -63,6 +63,9 @@ pub struct Perftest {
     pub lat_us: Option<f64>,
     /// `ib_write_bw` average, one way, MB/s.
     pub bw_mbs: Option<f64>,
+    /// `ib_send_lat` t_typical at the echo request's size plus at its reply's: a round trip of
+    /// the same bytes, µs.
+    pub frames_rt_us: Option<f64>,
 }
 
 impl Report {
@@ -148,14 +151,21 @@ impl Report {
         let (Some(rpc), raw) = (self.unary(RPC_RDMA, 64, 1), self.unary(RAW_RDMA, 64, 1)) else { return };
         let perftest = self.perftest.lat_us.map(|half| 2.0 * half);
         out.push_str("### RDMA round trip by layer, 64 B, 1 in flight (p50)\n\n");
-        out.push_str("| layer | p50 µs | ÷ perftest round trip | ÷ raw rdma transport |\n|---|---:|---:|---:|\n");
+        out.push_str(
+            "| layer | p50 µs | ÷ perftest round trip | ÷ perftest, same message sizes | ÷ raw rdma transport |\n\
+             |---|---:|---:|---:|---:|\n",
+        );
         let raw_p50 = raw.map(|m| m.micros(50.0));
+        let same_sizes = self.perftest.frames_rt_us;
         let mut row = |layer: &str, p50: Option<f64>| {
             let Some(p50) = p50 else { return };
             let vs = |base: Option<f64>| ratio(base.map(|b| (p50, b)));
-            let _ = writeln!(out, "| {layer} | {p50:.1} | {} | {} |", vs(perftest), vs(raw_p50));
+            let _ = writeln!(out, "| {layer} | {p50:.1} | {} | {} | {} |", vs(perftest), vs(same_sizes), vs(raw_p50));
         };
         row("perftest: 2 × `ib_send_lat` t_typical (verbs in a tight loop)", perftest);
+        let same_bytes =
+            "perftest with the echo's message sizes: `ib_send_lat` t_typical at the request's + at the reply's";
+        row(same_bytes, self.perftest.frames_rt_us);
         row("raw rdma transport: rdma-rpc's RDMA transport echoing, no RPC layers", raw_p50);
         row("rdma-rpc rdma: the whole stack (frame, session, call, protobuf)", Some(rpc.micros(50.0)));
         let direct = self.unary(RPC_RDMA_DIRECT, 64, 1).map(|m| m.micros(50.0));
@@ -219,6 +229,20 @@ impl Report {
                 let name =
                     "RDMA unary p50 run to completion (`rpc::direct`), 64 B, 1 in flight ÷ perftest round trip ≤ 1.5";
                 target(name, div(p50(RPC_RDMA_DIRECT), Some(2.0 * lat)), &|v| v <= 1.5);
+            }
+        }
+        // Like for like: perftest moving the same bytes as the echo's request and reply.
+        if let Some(frames) = self.perftest.frames_rt_us {
+            for (system, name) in [
+                (RPC_RDMA, "RDMA unary p50, 64 B, 1 in flight ÷ perftest round trip with the same message sizes ≤ 1.5"),
+                (
+                    RPC_RDMA_DIRECT,
+                    "RDMA unary p50 run to completion, 64 B, 1 in flight ÷ perftest with the same message sizes ≤ 1.5",
+                ),
+            ] {
+                if self.unary(system, 64, 1).is_some() {
+                    target(name, div(p50(system), Some(frames)), &|v| v <= 1.5);
+                }
             }
         }
         let one_way = |system| self.one_way.iter().find(|(s, _)| *s == system).map(|(_, t)| t.megabytes_per_sec());

@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
+use prost::Message as _;
 use rdma_rpc::pb::echo::{EchoClient, EchoReply, EchoRequest};
 use rdma_rpc::rpc::direct::DirectClient;
 use rdma_rpc::transport::Transport;
+use rdma_rpc::wire::HEADER_LEN;
 use rdma_rpc_benches::alloc_count::{self, Counts, Side};
 use rdma_rpc_benches::raw_rdma::RawRdmaEchoClient;
 use rdma_rpc_benches::tonic_echo::TonicEchoClient;
@@ -167,6 +169,17 @@ pub async fn run<C: Caller>(
 
 /// The echo method's path, for the untyped run-to-completion client.
 const ECHO_PATH: &str = "/rdmarpc.echo.Echo/Echo";
+
+/// The bytes on the wire of an echo of `payload` bytes, frame header included: the request (a
+/// CALL frame: its call header, as every client here sends it, without timeout or metadata, then
+/// the message) and the reply (a MESSAGE frame). What perftest is run with to move the same bytes.
+pub fn echo_frame_sizes(payload: usize) -> (usize, usize) {
+    let message = EchoRequest { payload: Bytes::from(vec![0; payload]) }.encoded_len();
+    let header = rdma_rpc::pb::rpc::CallHeader { method: ECHO_PATH.into(), ..Default::default() }.encoded_len();
+    let request = HEADER_LEN + prost::length_delimiter_len(header) + header + message;
+    let reply = HEADER_LEN + EchoReply { payload: Bytes::from(vec![0; payload]) }.encoded_len();
+    (request, reply)
+}
 
 /// [`run`] for a run-to-completion client: its calls block, so it runs in a blocking thread of
 /// the runtime, one call in flight.
