@@ -1,5 +1,6 @@
 //! The prost `ServiceGenerator` of rdma-rpc: for every service in a .proto file it emits
 //! - `<Service>Client<T>`: a typed client over `rdma_rpc::rpc::Client<T>`, one method per RPC;
+//! - `<Service>DirectClient`: blocking unary calls over a run-to-completion RDMA connection;
 //! - `<Service>`: the server trait to implement, one method per RPC;
 //! - `<Service>Server<S>`: the adapter that routes calls to the trait (`rdma_rpc::rpc::Service`).
 //!
@@ -64,6 +65,7 @@ impl ServiceGenerator for ServiceGen {
             }
         }
         let _ = writeln!(buf, "}}\n");
+        write_direct_client(buf, &service, &full_name);
 
         // Server trait.
         let _ = writeln!(
@@ -150,6 +152,43 @@ impl ServiceGenerator for ServiceGen {
         );
         let _ = writeln!(buf, "}}\n");
     }
+}
+
+/// Writes `<Service>DirectClient`: the unary methods as blocking calls over a run-to-completion
+/// RDMA connection (`rdma_rpc::rpc::direct::DirectClient`), which has no streaming calls.
+fn write_direct_client(buf: &mut String, service: &Service, full_name: &str) {
+    let name = &service.name;
+    let _ = writeln!(
+        buf,
+        "/// Blocking client for the unary methods of `{full_name}` over a run-to-completion RDMA connection:\n\
+         /// each call polls the connection's completion queue from the calling thread until its reply."
+    );
+    let _ = writeln!(
+        buf,
+        "#[derive(Debug)]\npub struct {name}DirectClient {{\n    inner: ::rdma_rpc::rpc::direct::DirectClient,\n}}\n"
+    );
+    let _ = writeln!(buf, "impl {name}DirectClient {{");
+    let _ = writeln!(buf, "    /// Wraps a connected run-to-completion client.");
+    let _ =
+        writeln!(buf, "    pub fn new(inner: ::rdma_rpc::rpc::direct::DirectClient) -> Self {{ Self {{ inner }} }}\n");
+    let _ = writeln!(buf, "    /// The untyped client underneath (timeouts, metadata).");
+    let _ = writeln!(
+        buf,
+        "    pub fn inner_mut(&mut self) -> &mut ::rdma_rpc::rpc::direct::DirectClient {{ &mut self.inner }}\n"
+    );
+    let _ = writeln!(buf, "    /// The untyped client back.");
+    let _ = writeln!(buf, "    pub fn into_inner(self) -> ::rdma_rpc::rpc::direct::DirectClient {{ self.inner }}\n");
+    for m in service.methods.iter().filter(|m| !m.client_streaming && !m.server_streaming) {
+        let docs = doc_lines(&m.comments.leading, "    ");
+        let (input, output, method) = (&m.input_type, &m.output_type, &m.name);
+        let _ = write!(buf, "{docs}");
+        let _ = writeln!(
+            buf,
+            "    pub fn {method}(&mut self, request: &{input}) -> ::core::result::Result<{output}, ::rdma_rpc::Status> {{"
+        );
+        let _ = writeln!(buf, "        self.inner.unary(\"/{full_name}/{}\", request)\n    }}\n", m.proto_name);
+    }
+    let _ = writeln!(buf, "}}\n");
 }
 
 /// Writes `fn {signature}` of a service adapter: a match on the method path with one arm per

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::calculator::pb::{Blob, CalculatorClient, CountRequest, Numbers, Sum};
+use common::calculator::pb::{Blob, CalculatorClient, CalculatorDirectClient, CountRequest, Numbers, Sum};
 use rdma_rpc::Code;
 use rdma_rpc::echo::EchoService;
 use rdma_rpc::pb::echo::{EchoClient, EchoReply, EchoRequest};
@@ -20,8 +20,6 @@ use rdma_rpc::transport::rdma::{self, Negotiated, RdmaConfig};
 use rdma_rpc::transport::tcp::{TcpConfig, TcpConnection, TcpListener};
 
 const ECHO: &str = "/rdmarpc.echo.Echo/Echo";
-const ADD: &str = "/rdmarpc.test.Calculator/Add";
-const REFLECT: &str = "/rdmarpc.test.Calculator/Reflect";
 const WAIT: &str = "/rdmarpc.test.Calculator/Wait";
 
 fn rdma_addr() -> String {
@@ -107,13 +105,20 @@ async fn rdma_run_to_completion_calls_of_every_size_both_sides() {
             let payload = pattern(64 + (i as usize % 3) * 5000, i as u8);
             assert_eq!(echo(client, &payload).expect("echo"), payload, "call {i}");
         }
-        let sum: Sum = client.unary(ADD, &Numbers { values: vec![2, 3, 37] }).expect("add");
-        assert_eq!(sum.total, 42);
-        let blob = Blob { data: pattern(3 << 20, 7) };
-        let back: Blob = client.unary(REFLECT, &blob).expect("reflect 3 MiB");
-        assert!(back.data == blob.data, "3 MiB came back changed");
     })
     .await;
+    // The generated typed client, on the same connection.
+    let mut calculator = CalculatorDirectClient::new(client);
+    let client = tokio::task::spawn_blocking(move || {
+        let sum = calculator.add(&Numbers { values: vec![2, 3, 37] }).expect("add");
+        assert_eq!(sum.total, 42);
+        let blob = Blob { data: pattern(3 << 20, 7) };
+        let back = calculator.reflect(&blob).expect("reflect 3 MiB");
+        assert!(back.data == blob.data, "3 MiB came back changed");
+        calculator.into_inner()
+    })
+    .await
+    .expect("the calling thread");
     drop(client);
 }
 

@@ -14,7 +14,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use tokio::task::JoinSet;
 
-use crate::pb::echo::{EchoClient, EchoReply, EchoRequest};
+use crate::pb::echo::{EchoClient, EchoDirectClient, EchoReply, EchoRequest};
 use crate::rpc::direct::DirectClient;
 use crate::rpc::{Client, ConnectError, ConnectOptions, Connection, connect};
 use crate::transport::Transport;
@@ -155,16 +155,16 @@ async fn run_to_completion(args: &PingArgs, url: &str, host_port: &str, timeout:
     client.set_timeout(Some(timeout));
     println!("transport: rdma, run to completion (this thread polls the completion queue)");
     println!("peer: {} (concurrency 1, timeout {} ms)", client.peer(), args.timeout_ms);
-    let (count, size) = (args.count, usize::try_from(args.size).expect("--size is capped at 16 MiB by its parser"));
     let peer = client.peer().to_string();
+    let mut client = EchoDirectClient::new(client);
+    let (count, size) = (args.count, usize::try_from(args.size).expect("--size is capped at 16 MiB by its parser"));
     let started = Instant::now();
     let calls = tokio::task::spawn_blocking(move || {
         let mut histogram = new_histogram();
         for index in 0..count {
             let request = EchoRequest { payload: payload(index, size) };
             let started = Instant::now();
-            let reply: EchoReply =
-                client.unary(ECHO, &request).map_err(|status| CliError::call(index, &peer, status))?;
+            let reply = client.echo(&request).map_err(|status| CliError::call(index, &peer, status))?;
             record(&mut histogram, started);
             check_echo(index, &request, &reply)?;
         }
@@ -177,9 +177,6 @@ async fn run_to_completion(args: &PingArgs, url: &str, host_port: &str, timeout:
     println!("{}", summary(&histogram, count, size, started.elapsed()));
     Ok(())
 }
-
-/// The echo method's path, for the untyped run-to-completion client.
-const ECHO: &str = "/rdmarpc.echo.Echo/Echo";
 
 /// Records the round trip that started at `started`.
 fn record(histogram: &mut Histogram<u64>, started: Instant) {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use prost::Message as _;
-use rdma_rpc::pb::echo::{EchoClient, EchoReply, EchoRequest};
+use rdma_rpc::pb::echo::{EchoClient, EchoDirectClient, EchoReply, EchoRequest};
 use rdma_rpc::rpc::direct::DirectClient;
 use rdma_rpc::transport::Transport;
 use rdma_rpc::wire::HEADER_LEN;
@@ -167,7 +167,7 @@ pub async fn run<C: Caller>(
     Ok(Measured { calls: histogram.len(), histogram, window })
 }
 
-/// The echo method's path, for the untyped run-to-completion client.
+/// The echo method's path (what its CALL frame carries).
 const ECHO_PATH: &str = "/rdmarpc.echo.Echo/Echo";
 
 /// The bytes on the wire of an echo of `payload` bytes, frame header included: the request (a
@@ -184,7 +184,7 @@ pub fn echo_frame_sizes(payload: usize) -> (usize, usize) {
 /// [`run`] for a run-to-completion client: its calls block, so it runs in a blocking thread of
 /// the runtime, one call in flight.
 pub async fn run_direct(
-    mut client: DirectClient,
+    client: DirectClient,
     payload: Bytes,
     warm_up: Duration,
     window: Duration,
@@ -192,6 +192,7 @@ pub async fn run_direct(
     let start = Instant::now() + warm_up;
     let end = start + window;
     let measured = tokio::task::spawn_blocking(move || {
+        let mut client = EchoDirectClient::new(client);
         let request = EchoRequest { payload };
         let mut histogram = new_histogram();
         loop {
@@ -199,9 +200,7 @@ pub async fn run_direct(
             if started >= end {
                 return Ok::<_, String>(histogram);
             }
-            let reply: EchoReply = client
-                .unary(ECHO_PATH, &request)
-                .map_err(|status| format!("rdma-rpc run-to-completion echo: {status}"))?;
+            let reply = client.echo(&request).map_err(|status| format!("rdma-rpc run-to-completion echo: {status}"))?;
             if reply.payload.len() != request.payload.len() {
                 return Err(format!("echo returned {} bytes for {}", reply.payload.len(), request.payload.len()));
             }
@@ -244,16 +243,15 @@ pub async fn allocations_per_call<C: Caller>(
 /// [`allocations_per_call`] for a run-to-completion client, in a blocking thread of the client
 /// runtime (counted as [`Side::Client`] too: the runtime marks its blocking threads).
 pub async fn allocations_per_call_direct(
-    mut client: DirectClient,
+    client: DirectClient,
     payload: Bytes,
     warm_up: u64,
     calls: u64,
 ) -> Result<PerCall, String> {
     let task = tokio::task::spawn_blocking(move || {
+        let mut client = EchoDirectClient::new(client);
         let request = EchoRequest { payload };
-        let mut call = || {
-            client.unary::<_, EchoReply>(ECHO_PATH, &request).map_err(|status| format!("run to completion: {status}"))
-        };
+        let mut call = || client.echo(&request).map_err(|status| format!("run to completion: {status}"));
         for _ in 0..warm_up {
             call()?;
         }
