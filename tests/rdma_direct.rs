@@ -186,6 +186,10 @@ async fn rdma_run_to_completion_errors_waits_deadlines_and_refusals() {
         assert!(err.message.contains("rdmarpc.echo.Echo"), "names what is served: {err}");
         let err = client.unary::<_, EchoReply>(ECHO, &Sum { total: 5, count: 1 }).expect_err("does not decode");
         assert_eq!(err.code, Code::InvalidArgument, "{err}");
+        // Larger than the largest frame (16 MiB): refused before it is sent.
+        let huge = EchoRequest { payload: Bytes::from(vec![0u8; 17 << 20]) };
+        let err = client.unary::<_, EchoReply>(ECHO, &huge).expect_err("too large a frame");
+        assert_eq!(err.code, Code::ResourceExhausted, "{err}");
         // The connection is still fine.
         assert_eq!(echo(client, &pattern(64, 3)).expect("still served"), pattern(64, 3));
     })

@@ -284,7 +284,9 @@ impl Server {
     /// Serves each RDMA connection in a thread of its own that polls the connection's CQ and runs
     /// its unary handlers to completion ([`direct`](super::direct), eRPC's model): the lowest
     /// latency, for one busy core per connection. Such connections serve unary methods only
-    /// (streaming calls get `Unimplemented`); TCP connections are served as always.
+    /// (streaming calls get `Unimplemented`); TCP connections are served as always. Each holds one
+    /// of the runtime's blocking threads while it lives (tokio allows 512 by default; connections
+    /// past that wait for one): size `max_blocking_threads` for the connections expected.
     pub fn run_to_completion(mut self) -> Self {
         self.run_to_completion = true;
         self

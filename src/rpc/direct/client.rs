@@ -129,14 +129,16 @@ impl DirectClient {
         len: usize,
         timeout: Option<Duration>,
     ) -> Result<crate::transport::rdma::SlotWriter, Status> {
+        if len > self.conn.max_frame {
+            return Err(Status::resource_exhausted(format!(
+                "a request of {len} bytes exceeds the largest frame of {} bytes",
+                self.conn.max_frame
+            )));
+        }
         let give_up = timeout.map(|t| Instant::now() + t);
         loop {
             if let Some(found) = self.conn.alloc().try_alloc_data(len) {
                 return Ok(found);
-            }
-            // Too large, or closed: the allocator's own error says which.
-            if let Some(Err(err)) = self.conn.alloc().try_alloc(len) {
-                return Err(Status::resource_exhausted(format!("no send buffer for {len} bytes: {err}")));
             }
             if self.conn.session.is_closed() {
                 return Err(Status::unavailable("connection closed; connect again"));

@@ -33,6 +33,8 @@ pub(super) struct DirectConn {
     receiver: RdmaReceiver,
     limits: WireLimits,
     pub(super) peer: Arc<str>,
+    /// The largest frame this side sends or takes (the session's limit, within the transport's).
+    pub(super) max_frame: usize,
     /// The transport failed to send: the session was told, nothing more is written.
     send_failed: bool,
     /// Turns since the clock was last read, and what it said.
@@ -56,6 +58,7 @@ impl DirectConn {
             receiver,
             limits,
             peer,
+            max_frame: limits.max_frame_size,
             send_failed: false,
             turns: 0,
             now: Instant::now(),
