@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use common::calculator::pb::{CalculatorClient, CountRequest};
+use common::{pattern, rdma_addr};
 use rdma_rpc::Code;
 use rdma_rpc::echo::EchoService;
 use rdma_rpc::pb::echo::{EchoClient, EchoRequest};
@@ -18,23 +19,6 @@ use rdma_rpc::rpc::{Client, ConnectError, ConnectOptions, Connection, Connection
 use rdma_rpc::transport::Transport;
 use rdma_rpc::transport::rdma::{self, Negotiated, RdmaConfig, RdmaConnection};
 use rdma_rpc::transport::tcp::{TcpConfig, TcpConnection, TcpListener};
-
-/// The device's address; panics when no RDMA device is configured.
-fn rdma_addr() -> String {
-    match (std::env::var("RDMA_TEST_DEVICE"), std::env::var("RDMA_TEST_ADDR")) {
-        (Ok(device), Ok(addr)) => {
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-                .with_test_writer()
-                .try_init();
-            eprintln!("RDMA test on {device} at {addr}");
-            addr
-        }
-        _ => panic!(
-            "RDMA_TEST_DEVICE / RDMA_TEST_ADDR are unset: this test needs a real RDMA device (scripts/rxe-test runs it on soft-RoCE)"
-        ),
-    }
-}
 
 /// A server on `addr` offering RDMA (or not), serving echo and the calculator.
 async fn start_server(addr: &str, rdma: Option<RdmaConfig>) -> (String, tokio::sync::oneshot::Sender<()>) {
@@ -63,10 +47,6 @@ async fn rdma_client(addr: &str) -> rdma_rpc::rpc::Client<RdmaConnection> {
         Connection::Rdma(client) => client,
         other => panic!("expected an RDMA connection, got {}", other.transport_name()),
     }
-}
-
-fn pattern(len: usize, seed: u8) -> Bytes {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect::<Vec<u8>>().into()
 }
 
 /// A large payload, cheap to build in a slow guest: a 65,521-byte period (prime, so no buffer or

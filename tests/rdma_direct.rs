@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::calculator::pb::{Blob, CalculatorClient, CalculatorDirectClient, CountRequest, Numbers, Sum};
+use common::{pattern, rdma_addr};
 use rdma_rpc::Code;
 use rdma_rpc::echo::EchoService;
 use rdma_rpc::pb::echo::{EchoClient, EchoReply, EchoRequest};
@@ -21,21 +22,6 @@ use rdma_rpc::transport::tcp::{TcpConfig, TcpConnection, TcpListener};
 
 const ECHO: &str = "/rdmarpc.echo.Echo/Echo";
 const WAIT: &str = "/rdmarpc.test.Calculator/Wait";
-
-fn rdma_addr() -> String {
-    match (std::env::var("RDMA_TEST_DEVICE"), std::env::var("RDMA_TEST_ADDR")) {
-        (Ok(_), Ok(addr)) => {
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-                .with_test_writer()
-                .try_init();
-            addr
-        }
-        _ => {
-            panic!("RDMA_TEST_DEVICE / RDMA_TEST_ADDR are unset: this test needs a real RDMA device (scripts/rxe-test)")
-        }
-    }
-}
 
 /// A server on the device's address serving echo and the calculator; RDMA connections run to
 /// completion when `direct`.
@@ -78,10 +64,6 @@ async fn blocking<T: Send + 'static>(
     })
     .await
     .expect("the calling thread")
-}
-
-fn pattern(len: usize, seed: u8) -> Bytes {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect::<Vec<u8>>().into()
 }
 
 fn echo(client: &mut DirectClient, payload: &Bytes) -> Result<Bytes, rdma_rpc::Status> {

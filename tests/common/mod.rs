@@ -116,3 +116,26 @@ pub async fn eventually(what: &str, condition: impl Fn() -> bool) {
     }
     panic!("{what} did not happen within 2 s");
 }
+
+/// The RDMA device's address from `RDMA_TEST_DEVICE` / `RDMA_TEST_ADDR` (what `scripts/rxe-test`
+/// sets in its guest), with tracing to the test's output; panics when no device is configured.
+pub fn rdma_addr() -> String {
+    match (std::env::var("RDMA_TEST_DEVICE"), std::env::var("RDMA_TEST_ADDR")) {
+        (Ok(device), Ok(addr)) => {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+            eprintln!("RDMA test on {device} at {addr}");
+            addr
+        }
+        _ => panic!(
+            "RDMA_TEST_DEVICE / RDMA_TEST_ADDR are unset: this test needs a real RDMA device (scripts/rxe-test runs it on soft-RoCE)"
+        ),
+    }
+}
+
+/// `len` bytes of a pattern that differs by `seed` and along the buffer.
+pub fn pattern(len: usize, seed: u8) -> bytes::Bytes {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect::<Vec<u8>>().into()
+}

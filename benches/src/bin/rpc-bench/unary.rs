@@ -128,6 +128,14 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_RECORDED_NS, 3).expect("1 ns .. 10 s with 3 significant digits are valid bounds")
 }
 
+/// Records the round trip that began at `started` if it began in the window (at `start` or later).
+fn record(histogram: &mut Histogram<u64>, started: Instant, start: Instant) {
+    if started >= start {
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        histogram.saturating_record(nanos.clamp(1, MAX_RECORDED_NS));
+    }
+}
+
 /// Runs `callers` concurrently (one task each, so `callers.len()` calls in flight) for
 /// `warm_up + window`, recording the round trips that started in the window.
 pub async fn run<C: Caller>(
@@ -152,10 +160,7 @@ pub async fn run<C: Caller>(
                 if len != request.payload.len() {
                     return Err(format!("echo returned {len} bytes for {}", request.payload.len()));
                 }
-                if started >= start {
-                    let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                    histogram.saturating_record(nanos.clamp(1, MAX_RECORDED_NS));
-                }
+                record(&mut histogram, started, start);
             }
         }));
     }
@@ -204,10 +209,7 @@ pub async fn run_direct(
             if reply.payload.len() != request.payload.len() {
                 return Err(format!("echo returned {} bytes for {}", reply.payload.len(), request.payload.len()));
             }
-            if started >= start {
-                let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                histogram.saturating_record(nanos.clamp(1, MAX_RECORDED_NS));
-            }
+            record(&mut histogram, started, start);
         }
     });
     let histogram = measured.await.map_err(|err| format!("the load thread failed: {err}"))??;
