@@ -42,6 +42,10 @@ pub trait UnarySlot: Send + 'static {
     fn start(&mut self, request: Bytes, ctx: RequestContext) -> Result<(), Status>;
     /// Polls the running handler; its reply, once it has one, encoded by `replies`.
     fn poll_reply(&mut self, cx: &mut Context<'_>, replies: &ReplyAlloc) -> Poll<Result<ReplyBody, Status>>;
+    /// Drops the last reply's message, kept since it was encoded: it may hold views of the
+    /// request's receive buffer (an echo does), and returning that buffer is work the caller
+    /// can do after the reply is on its way rather than before. Also done by the next `start`.
+    fn release(&mut self) {}
 }
 
 /// A unary slot whose handlers `make` builds; the future lives in one pinned allocation, replaced
@@ -49,6 +53,8 @@ pub trait UnarySlot: Send + 'static {
 struct UnaryOf<Req, Res, M, F> {
     make: M,
     running: Pin<Box<Option<F>>>,
+    /// The last reply, encoded already, until `release`.
+    replied: Option<Res>,
     types: PhantomData<fn(Req) -> Res>,
 }
 
@@ -60,7 +66,7 @@ where
     M: Fn(Req, RequestContext) -> F + Send + 'static,
     F: Future<Output = Result<Res, Status>> + Send + 'static,
 {
-    Box::new(UnaryOf { make, running: Box::pin(None), types: PhantomData })
+    Box::new(UnaryOf { make, running: Box::pin(None), replied: None, types: PhantomData })
 }
 
 impl<Req, Res, M, F> UnarySlot for UnaryOf<Req, Res, M, F>
@@ -72,6 +78,7 @@ where
 {
     fn start(&mut self, request: Bytes, ctx: RequestContext) -> Result<(), Status> {
         self.running.set(None);
+        self.replied = None;
         let request = codec::decode::<Req>(request)?;
         self.running.set(Some((self.make)(request, ctx)));
         Ok(())
@@ -84,7 +91,15 @@ where
         let result = ready!(handler.poll(cx));
         // Done: its state is dropped now, not when the slot is next started.
         self.running.set(None);
-        Poll::Ready(result.map(|reply| replies.encode(&reply)))
+        Poll::Ready(result.map(|reply| {
+            let body = replies.encode(&reply);
+            self.replied = Some(reply);
+            body
+        }))
+    }
+
+    fn release(&mut self) {
+        self.replied = None;
     }
 }
 
@@ -123,6 +138,7 @@ pub(super) fn run_unary<B: SendBuffer>(
     });
     let (status, bytes_out) = match polled {
         Ok(Poll::Ready(result)) => {
+            slot.release();
             pool.give_unary(method, slot);
             match result {
                 Ok(reply) => {
@@ -178,6 +194,40 @@ mod tests {
             ReplyBody::Heap(heap) => EchoReply::decode(&heap[crate::wire::HEADER_LEN..]).expect("decodes"),
             _ => panic!("a heap reply was expected"),
         }
+    }
+
+    /// An encoded `EchoRequest { payload: "abc" }` that says when its last view is gone (as a
+    /// receive slot returns to its pool).
+    struct Watched(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+    impl AsRef<[u8]> for Watched {
+        fn as_ref(&self) -> &[u8] {
+            b"\x0a\x03abc"
+        }
+    }
+
+    impl Drop for Watched {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn the_reply_keeps_its_request_buffer_until_released() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let dropped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut slot =
+            unary_slot(|request: EchoRequest, _ctx| async move { Ok(EchoReply { payload: request.payload }) });
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        slot.start(Bytes::from_owner(Watched(dropped.clone())), ctx()).expect("starts");
+        match slot.poll_reply(&mut cx, &ReplyAlloc::Heap) {
+            Poll::Ready(Ok(body)) => assert_eq!(reply_of(body).payload, &b"abc"[..]),
+            other => panic!("a reply was expected: {:?}", other.map(|r| r.err())),
+        }
+        // The reply's payload is a view of the request's buffer: kept until released.
+        assert!(!dropped.load(SeqCst), "the request's buffer went back before `release`");
+        slot.release();
+        assert!(dropped.load(SeqCst), "`release` did not let the request's buffer go");
     }
 
     #[test]

@@ -175,6 +175,7 @@ impl Setup {
             completions: Vec::with_capacity(64),
             incoming: Some(incoming),
             claimed: None,
+            repost_due: false,
         };
         let inner = Inner {
             qp: Mutex::new(self.qp),

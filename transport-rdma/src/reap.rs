@@ -34,6 +34,9 @@ pub(crate) struct Reaper {
     /// channel held at the claim moved here first; what the poller task sends once the
     /// connection closed (the drain, the error, the end) still goes through `incoming`, after.
     pub(crate) claimed: Option<std::collections::VecDeque<Result<Bytes, RdmaError>>>,
+    /// A step skipped re-posting to hand a claimed receiver its message first: the next one
+    /// re-posts whatever it finds.
+    pub(crate) repost_due: bool,
 }
 
 /// How long one renewal of the receiver's lease keeps the poller task away: if the receiver stops
@@ -96,16 +99,20 @@ pub(crate) fn step(inner: &Inner, reaper: &mut Reaper) -> Result<bool, RdmaError
     if inner.is_closed() {
         return Ok(false);
     }
-    let Reaper { cq, completions, incoming, claimed } = reaper;
+    let Reaper { cq, completions, incoming, claimed, repost_due } = reaper;
     completions.clear();
     let reaped = cq.poll(completions)?;
+    let mut handed = false;
     for completion in completions.iter() {
         let outcome = lock(&inner.qp).reap(completion)?;
         if let Reaped::Received { slot, imm, byte_len } = outcome
             && let Some(message) = received(inner, slot, imm, byte_len)?
         {
             match (claimed.as_mut(), incoming.as_ref()) {
-                (Some(claimed), _) => claimed.push_back(Ok(message)),
+                (Some(claimed), _) => {
+                    claimed.push_back(Ok(message));
+                    handed = true;
+                }
                 (None, Some(incoming)) => {
                     let _ = incoming.send(Ok(message));
                 }
@@ -115,12 +122,20 @@ pub(crate) fn step(inner: &Inner, reaper: &mut Reaper) -> Result<bool, RdmaError
     }
     if reaped > 0 {
         inner.credit_changed.notify_waiters();
-    } else if !inner.buffers_freed() {
+    } else if !*repost_due && !inner.buffers_freed() {
         // Nothing came and nothing was handed back: re-posting would find nothing to do (its
         // pending work, credit and large-buffer announcements, waits for credit, which comes
         // with a completion). What an idle spin turn costs is a CQ poll and this look.
         return Ok(false);
     }
+    if handed && !*repost_due {
+        // A claimed receiver's thread takes its message before re-posting, which is then done in
+        // its next step, after the message was handled (and its reply sent): one step later at
+        // most, so receives are re-posted however busy the connection.
+        *repost_due = true;
+        return Ok(true);
+    }
+    *repost_due = false;
     let reposted = repost(inner)?;
     Ok(reaped > 0 || reposted)
 }

@@ -43,6 +43,7 @@ pub fn serve_connection_direct(
     };
     let replies = ReplyAlloc::Registered(conn.alloc().clone());
     let mut pool = SlotPool::default();
+    let mut replied = Replied::new();
     let mut stopping = false;
     let mut final_status = Status::ok();
     tracing::debug!(peer = %conn.peer, "serving a connection to completion in its own thread");
@@ -50,13 +51,23 @@ pub fn serve_connection_direct(
         conn.turn();
         while let Some(event) = conn.session.poll_event() {
             match event {
-                Event::Incoming { id, header } => start(&mut conn, router, &mut pool, &replies, id, header),
+                Event::Incoming { id, header } => {
+                    start(&mut conn, router, &mut pool, &replies, &mut replied, id, header)
+                }
                 Event::ConnectionClosed(status) => final_status = status,
                 Event::GoAway { last_call_id, status } => {
                     tracing::debug!(peer = %conn.peer, last_call_id, %status, "peer sent GOAWAY");
                 }
                 // Calls run to completion keep no state here: nothing to end or deliver.
                 _ => {}
+            }
+        }
+        if !replied.is_empty() {
+            // The replies go out now; then what they kept of their requests goes back.
+            conn.transmit();
+            for (method, mut slot) in replied.drain(..) {
+                slot.release();
+                pool.give_unary(method, slot);
             }
         }
         if conn.session.is_closed() {
@@ -79,6 +90,7 @@ fn start(
     router: &Router,
     pool: &mut SlotPool,
     replies: &ReplyAlloc,
+    replied: &mut Replied,
     id: u64,
     header: pb::CallHeader,
 ) {
@@ -119,7 +131,8 @@ fn start(
     let outcome = span.in_scope(|| run(&mut slot, request, ctx, replies, deadline));
     let (status, bytes_out) = match outcome {
         Outcome::Replied(reply) => {
-            pool.give_unary(method, slot);
+            // Back to the pool once the reply is posted: see `Replied`.
+            replied.push((method, slot));
             let bytes_out = reply.message_len();
             match conn.session.send(id, Kind::Message, crate::rpc::dispatch::reply_outgoing(reply), true) {
                 Ok(()) => (Status::ok(), bytes_out),
@@ -138,6 +151,11 @@ fn start(
     }
     log_finished(id, &method, heard, bytes_in as u64, bytes_out as u64, &status);
 }
+
+/// The slots of the calls answered in this pass, with their replies' messages: an echo's reply
+/// is a view of its request's receive buffer, and returning that buffer (the last view dropped,
+/// the slot pushed back to its pool) waits until the replies are posted, off the round trip.
+type Replied = Vec<(&'static str, Box<dyn UnarySlot>)>;
 
 /// How a handler ended.
 enum Outcome {
