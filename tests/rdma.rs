@@ -419,22 +419,7 @@ async fn rdma_pair_unary_concurrent_and_64_mib_stream_across_the_wire() {
 #[ignore = "needs a real RDMA device: scripts/rxe-test runs it on soft-RoCE"]
 async fn rdma_peer_killed_mid_stream_fails_the_call_promptly() {
     let addr = rdma_addr();
-    use std::io::BufRead;
-    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_rdma-rpc"))
-        .args(["serve", "--listen", &format!("rdma://{addr}:0"), "--no-fallback"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("start rdma-rpc serve");
-    let mut line = String::new();
-    let stdout = server.stdout.take().expect("stdout");
-    std::io::BufReader::new(stdout).read_line(&mut line).expect("listening line");
-    let port = line
-        .split("rdma://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|hostport| hostport.rsplit(':').next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_string();
+    let (mut server, port, _) = common::spawn_rdma_serve(&addr, &[]);
     let client = rdma_client(&format!("{addr}:{port}")).await;
     let probe = client.clone();
     let echo = EchoClient::new(client);

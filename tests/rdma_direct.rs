@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -232,33 +232,12 @@ async fn rdma_run_to_completion_bad_frames_close_only_that_connection() {
     .await;
 }
 
-/// `rdma-rpc serve --run-to-completion` on the device's address; its port.
-fn spawn_cli_server(addr: &str) -> (Child, String) {
-    use std::io::BufRead;
-    let mut server = Command::new(env!("CARGO_BIN_EXE_rdma-rpc"))
-        .args(["serve", "--listen", &format!("rdma://{addr}:0"), "--no-fallback", "--run-to-completion"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start rdma-rpc serve");
-    let mut line = String::new();
-    let stdout = server.stdout.take().expect("stdout");
-    std::io::BufReader::new(stdout).read_line(&mut line).expect("listening line");
-    assert!(line.contains("run to completion"), "{line}");
-    let port = line
-        .split("rdma://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|hostport| hostport.rsplit(':').next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_string();
-    (server, port)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a real RDMA device: scripts/rxe-test runs it on soft-RoCE"]
 async fn rdma_run_to_completion_peer_killed_fails_the_call_promptly() {
     let addr = rdma_addr();
-    let (mut server, port) = spawn_cli_server(&addr);
+    let (mut server, port, line) = common::spawn_rdma_serve(&addr, &["--run-to-completion"]);
+    assert!(line.contains("run to completion"), "{line}");
     // The CLI's own run-to-completion ping against it.
     let ping = Command::new(env!("CARGO_BIN_EXE_rdma-rpc"))
         .args(["ping", &format!("rdma://{addr}:{port}"), "--run-to-completion", "--count", "200", "--size", "100"])

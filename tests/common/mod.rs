@@ -139,3 +139,26 @@ pub fn rdma_addr() -> String {
 pub fn pattern(len: usize, seed: u8) -> bytes::Bytes {
     (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect::<Vec<u8>>().into()
 }
+
+/// `rdma-rpc serve --listen rdma://ADDR:0 --no-fallback` plus `extra` flags, started as a child
+/// process (so a test can kill it); the child, the port it listens on, and its "listening" line.
+pub fn spawn_rdma_serve(addr: &str, extra: &[&str]) -> (std::process::Child, String, String) {
+    use std::io::BufRead;
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_rdma-rpc"))
+        .args(["serve", "--listen", &format!("rdma://{addr}:0"), "--no-fallback"])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start rdma-rpc serve");
+    let mut line = String::new();
+    let stdout = server.stdout.take().expect("stdout");
+    std::io::BufReader::new(stdout).read_line(&mut line).expect("listening line");
+    let port = line
+        .split("rdma://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|hostport| hostport.rsplit(':').next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    (server, port, line)
+}
