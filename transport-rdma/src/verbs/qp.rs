@@ -300,20 +300,23 @@ impl RcQueuePair {
                     None => wr.opcode = ibv_wr_opcode::IBV_WR_SEND_WITH_IMM,
                 }
                 let mut flags = if request.signaled { ibv_send_flags::IBV_SEND_SIGNALED.0 } else { 0 };
-                // A request without a slot has no SGE (`num_sge` 0): its entry is never read.
-                sges[count].write(ibv_sge { addr: 0, length: 0, lkey: 0 });
-                if let Some(slot) = &request.slot {
-                    if slot.len() > 0 && slot.len() <= self.max_inline as usize {
-                        // The device copies the bytes at post time (where it supports inline).
-                        flags |= ibv_send_flags::IBV_SEND_INLINE.0;
+                let sge = match &request.slot {
+                    Some(slot) => {
+                        if slot.len() > 0 && slot.len() <= self.max_inline as usize {
+                            // The device copies the bytes at post time (where it supports inline).
+                            flags |= ibv_send_flags::IBV_SEND_INLINE.0;
+                        }
+                        wr.num_sge = 1;
+                        ibv_sge {
+                            addr: slot.addr(),
+                            length: u32::try_from(slot.len()).unwrap_or(u32::MAX),
+                            lkey: slot.lkey(),
+                        }
                     }
-                    sges[count].write(ibv_sge {
-                        addr: slot.addr(),
-                        length: u32::try_from(slot.len()).unwrap_or(u32::MAX),
-                        lkey: slot.lkey(),
-                    });
-                    wr.num_sge = 1;
-                }
+                    // No slot, no SGE (`num_sge` 0): the entry is written but never read.
+                    None => ibv_sge { addr: 0, length: 0, lkey: 0 },
+                };
+                sges[count].write(sge);
                 wr.send_flags = flags;
                 // The slot moves into `send_inflight` before the doorbell rings; it stays there
                 // until a completion at or after it is reaped (or the QP is destroyed).
