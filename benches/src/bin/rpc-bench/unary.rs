@@ -283,7 +283,7 @@ pub struct PerCall {
     pub client: f64,
     /// On the server runtime's threads.
     pub server: f64,
-    /// Anywhere else (the main thread, tokio's blocking pool).
+    /// Anywhere else (the main thread; a runtime tags its blocking threads as its own side).
     pub other: f64,
     /// Bytes allocated on the client side.
     pub client_bytes: f64,
