@@ -3,20 +3,23 @@
 //! Most calls never have more than one frame waiting (a unary request, a unary reply), so the
 //! front lives in the queue itself and only a second waiting item spills into a `VecDeque`. That
 //! saves a heap allocation per call on both sides of every unary call; longer queues behave as a
-//! plain `VecDeque`.
+//! plain `VecDeque`. The spill is boxed, 8 bytes instead of 32 in every call's record: with it,
+//! the record stays under the size where moving it into and out of the call map becomes a
+//! `memcpy` call (a stream that ever queues two frames pays one allocation more, once).
 
 use std::collections::VecDeque;
 
-/// FIFO queue; invariant: `rest` is empty whenever `front` is `None`.
+/// FIFO queue; invariant: `rest` holds nothing whenever `front` is `None`.
 #[derive(Debug)]
 pub(super) struct SendQueue<T> {
     front: Option<T>,
-    rest: VecDeque<T>,
+    #[expect(clippy::box_collection, reason = "8 bytes in every call record instead of 32; see the module overview")]
+    rest: Option<Box<VecDeque<T>>>,
 }
 
 impl<T> Default for SendQueue<T> {
     fn default() -> Self {
-        SendQueue { front: None, rest: VecDeque::new() }
+        SendQueue { front: None, rest: None }
     }
 }
 
@@ -26,7 +29,7 @@ impl<T> SendQueue<T> {
         if self.front.is_none() {
             self.front = Some(item);
         } else {
-            self.rest.push_back(item);
+            self.rest.get_or_insert_default().push_back(item);
         }
     }
 
@@ -38,7 +41,7 @@ impl<T> SendQueue<T> {
     /// Removes and returns the oldest item.
     pub(super) fn pop_front(&mut self) -> Option<T> {
         let item = self.front.take();
-        self.front = self.rest.pop_front();
+        self.front = self.rest.as_mut().and_then(|rest| rest.pop_front());
         item
     }
 
