@@ -21,6 +21,10 @@ fn compile(files: &[&str], includes: &[&str], out_dir: &std::path::Path) -> Resu
     let descriptors = protox::compile(files, includes)?;
     prost_build::Config::new()
         .bytes(["."])
+        // A BTreeMap is 24 bytes against a HashMap's 48: every decoded `Frame` and session
+        // `Event` holds a call header, and under 128 bytes moving them is no `memcpy` call. It
+        // also encodes metadata in one order.
+        .btree_map([".rdmarpc.rpc.CallHeader.metadata"])
         .service_generator(Box::new(service::ServiceGen))
         .out_dir(out_dir)
         .compile_fds(descriptors)?;

@@ -7,7 +7,7 @@
 //!
 //! Throughput is the encoded size of the frame or message.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::hint::black_box;
 
 use bytes::{Bytes, BytesMut};
@@ -23,7 +23,7 @@ fn frames() -> Vec<(&'static str, Frame)> {
     let call_header = CallHeader {
         method: bytes::Bytes::from_static(b"/rdmarpc.echo.Echo/Echo"),
         timeout_micros: 5_000_000,
-        metadata: HashMap::from([("trace-id".to_string(), "4bf92f3577b34da6".to_string())]),
+        metadata: BTreeMap::from([("trace-id".to_string(), "4bf92f3577b34da6".to_string())]),
     };
     vec![
         ("data_64B", Frame::Data { id: 7, body: payload(64), end: false }),

@@ -1,7 +1,7 @@
 //! The client: a cheap, cloneable handle to one connection. Calls encode their requests straight
 //! into the transport's send buffers; a driver task (see `driver.rs`) runs the connection.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -27,7 +27,7 @@ pub struct CallOptions {
     /// Time allowed for the whole call; sent to the server, which stops its work when it passes.
     pub timeout: Option<Duration>,
     /// Metadata sent with every call.
-    pub metadata: HashMap<String, String>,
+    pub metadata: BTreeMap<String, String>,
 }
 
 struct Shared<T: Transport> {

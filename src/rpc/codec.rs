@@ -1,6 +1,6 @@
 //! Encoding messages into transport buffers and decoding them from received `Bytes`.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use bytes::{BufMut, Bytes};
 use prost::Message;
@@ -20,7 +20,7 @@ pub(crate) struct CallHeaderRef<'a> {
     /// Relative timeout in µs; 0 = none.
     pub(crate) timeout_micros: u64,
     /// Application metadata.
-    pub(crate) metadata: &'a HashMap<String, String>,
+    pub(crate) metadata: &'a BTreeMap<String, String>,
 }
 
 impl CallHeaderRef<'_> {
@@ -36,7 +36,7 @@ impl CallHeaderRef<'_> {
         };
         let metadata = match self.metadata.is_empty() {
             true => 0,
-            false => encoding::hash_map::encoded_len(
+            false => encoding::btree_map::encoded_len(
                 encoding::string::encoded_len,
                 encoding::string::encoded_len,
                 3,
@@ -66,7 +66,7 @@ impl CallHeaderRef<'_> {
             encoding::uint64::encode(2, &self.timeout_micros, buf);
         }
         if !self.metadata.is_empty() {
-            encoding::hash_map::encode(
+            encoding::btree_map::encode(
                 encoding::string::encode,
                 encoding::string::encoded_len,
                 encoding::string::encode,
@@ -141,7 +141,7 @@ fn encode_status(err: prost::EncodeError) -> Status {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
+    use std::collections::BTreeMap;
 
     use prost::Message as _;
 
@@ -150,8 +150,8 @@ mod tests {
 
     #[test]
     fn borrowed_call_header_encodes_like_prost() {
-        let metadata = HashMap::from([("trace-id".to_string(), "4bf92f3577b34da6".to_string())]);
-        let none = HashMap::new();
+        let metadata = BTreeMap::from([("trace-id".to_string(), "4bf92f3577b34da6".to_string())]);
+        let none = BTreeMap::new();
         for (method, timeout_micros, metadata) in [
             ("/rdmarpc.echo.Echo/Echo", 5_000_000, &metadata),
             ("", 0, &none),

@@ -2,7 +2,7 @@
 //! runs one driver task per connection. A connection that breaks the protocol is closed on its own;
 //! the others keep being served.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -67,7 +67,7 @@ pub struct RequestContext {
     /// When the caller gives up; the call is aborted then.
     pub deadline: Option<Instant>,
     /// The caller's metadata.
-    pub metadata: HashMap<String, String>,
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// A call's method path, "/package.Service/Method": decoded as a view of the received CALL frame

@@ -35,7 +35,7 @@ fn frame_strategy() -> impl Strategy<Value = Frame> {
             id.clone(),
             "/[a-z.]{1,20}/[A-Za-z]{1,12}",
             any::<u64>(),
-            proptest::collection::hash_map("[a-z]{1,8}", ".{0,8}", 0..3),
+            proptest::collection::btree_map("[a-z]{1,8}", ".{0,8}", 0..3),
             proptest::option::of(bytes_strategy(256)),
             any::<bool>()
         )
@@ -75,7 +75,7 @@ proptest! {
         header in (
             "/[a-z.]{0,20}/[A-Za-z]{0,12}",
             prop_oneof![Just(0u64), any::<u64>()],
-            proptest::collection::hash_map("[a-z]{1,8}", ".{0,8}", 0..2),
+            proptest::collection::btree_map("[a-z]{1,8}", ".{0,8}", 0..2),
         ),
         noise in proptest::collection::vec(any::<u8>(), 0..24),
         tail in proptest::collection::vec(any::<u8>(), 0..8),

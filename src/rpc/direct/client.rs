@@ -3,7 +3,7 @@
 //! and polls the CQ until the reply is there (perftest's loop, with the session and protobuf in
 //! it): no driver task, mailbox or wake-up between the caller and the NIC.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use prost::Message;
@@ -68,7 +68,7 @@ impl DirectClient {
     }
 
     /// Metadata sent with every later call.
-    pub fn set_metadata(&mut self, metadata: HashMap<String, String>) {
+    pub fn set_metadata(&mut self, metadata: BTreeMap<String, String>) {
         self.options.metadata = metadata;
     }
 
