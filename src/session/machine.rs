@@ -3,6 +3,7 @@
 //! [`inbound`]. See the module overview in `session/mod.rs`.
 
 mod inbound;
+mod outbound;
 mod taken;
 
 use std::collections::{BTreeSet, VecDeque};
@@ -62,6 +63,8 @@ pub struct Session<B> {
     calls: super::IdMap<Call<B>>,
     deadlines: BTreeSet<(Instant, u64)>,
     ready: VecDeque<u64>,
+    /// Data frames that passed flow control as they were queued: see `outbound.rs`.
+    sendable: VecDeque<Transmit<B>>,
     control: VecDeque<Frame>,
     events: VecDeque<Event>,
     conn_send: SendWindow,
@@ -89,6 +92,7 @@ impl<B: Body> Session<B> {
             calls: super::IdMap::default(),
             deadlines: BTreeSet::new(),
             ready: VecDeque::new(),
+            sendable: VecDeque::new(),
             control: VecDeque::from([Frame::Settings(settings)]),
             events: VecDeque::new(),
             conn_send: SendWindow::new(0),
@@ -163,10 +167,9 @@ impl<B: Body> Session<B> {
         let header =
             FrameHeader::new(Kind::Call, id).with_flag(FLAG_HAS_MESSAGE, has_message).with_flag(FLAG_END_STREAM, end);
         call.local_end = end;
-        call.queue.push_back(Pending::Data { header, body });
+        self.queue_data(&mut call, header, body);
         self.calls.insert(id, call);
         self.last_call_id = self.last_call_id.max(id);
-        self.make_ready(id);
         Ok(())
     }
 
@@ -177,11 +180,24 @@ impl<B: Body> Session<B> {
             return Err(Status::internal("send takes MESSAGE or DATA"));
         }
         self.check_frame_len(body.body_len())?;
-        let call = self.open_call_mut(id)?;
+        // Out of the map while its frame is queued, so the session's other fields stay free.
+        let mut call = self.calls.remove(&id).ok_or_else(|| Status::cancelled(format!("call {id} is over")))?;
+        if call.local_end {
+            self.calls.insert(id, call);
+            return Err(Status::internal(format!("call {id} already ended its stream")));
+        }
         call.local_end = end;
         let header = FrameHeader::new(kind, id).with_flag(FLAG_END_STREAM, end);
-        call.queue.push_back(Pending::Data { header, body });
-        self.make_ready(id);
+        let sent = self.queue_data(&mut call, header, body);
+        if sent && end && self.role == Role::Server {
+            // The reply that ends the call is on its way: nothing more to track.
+            if let Some(deadline) = call.deadline {
+                self.deadlines.remove(&(deadline, id));
+            }
+            self.check_drained();
+        } else {
+            self.calls.insert(id, call);
+        }
         Ok(())
     }
 
@@ -207,6 +223,7 @@ impl<B: Body> Session<B> {
             }
             Role::Client => {
                 if self.remove_call(id).is_some() {
+                    self.unsend(id);
                     self.control.push_back(Frame::Trailer { id, status: status.to_proto() });
                     self.check_drained();
                 }
@@ -246,6 +263,7 @@ impl<B: Body> Session<B> {
             self.events.push_back(Event::Closed { id, status: status.clone() });
         }
         self.control.clear();
+        self.sendable.clear();
         self.control
             .push_back(Frame::GoAway(pb::GoAway { last_call_id: self.last_call_id, status: Some(status.to_proto()) }));
         self.close(status);
@@ -262,58 +280,6 @@ impl<B: Body> Session<B> {
             (_, None) => self.last_heard + self.config.keepalive_interval,
         };
         Some(self.deadlines.first().map_or(keepalive, |&(d, _)| d.min(keepalive)))
-    }
-
-    /// The next frame to send: control frames first, then call data round-robin, as credit allows.
-    pub fn poll_transmit(&mut self) -> Option<Transmit<B>> {
-        if let Some(frame) = self.control.pop_front() {
-            return Some(Transmit::Control(frame));
-        }
-        if !self.is_ready() {
-            return None;
-        }
-        while let Some(id) = self.ready.pop_front() {
-            let Some(call) = self.calls.get_mut(&id) else { continue };
-            call.ready = false;
-            let sendable = match call.queue.front() {
-                None => continue,
-                Some(Pending::StreamEnd | Pending::Trailer(_)) => true,
-                Some(Pending::Data { body, .. }) => {
-                    let len = body.body_len();
-                    if !self.conn_send.can_send(len) {
-                        // Blocked on the connection window: a connection CREDIT re-queues it.
-                        self.ready.push_front(id);
-                        if let Some(call) = self.calls.get_mut(&id) {
-                            call.ready = true;
-                        }
-                        return None;
-                    }
-                    call.send.can_send(len)
-                }
-            };
-            if !sendable {
-                continue; // blocked on the call window: a CREDIT for this call re-queues it
-            }
-            let transmit = match call.queue.pop_front() {
-                Some(Pending::Data { header, body }) => {
-                    call.send.consume(body.body_len());
-                    self.conn_send.consume(body.body_len());
-                    Transmit::Data { header, body }
-                }
-                Some(Pending::StreamEnd) => Transmit::Control(Frame::StreamEnd { id }),
-                Some(Pending::Trailer(status)) => Transmit::Control(Frame::Trailer { id, status }),
-                None => continue,
-            };
-            let finished = call.queue.is_empty() && call.local_end && self.role == Role::Server;
-            if finished {
-                self.remove_call(id);
-                self.check_drained();
-            } else if !call.queue.is_empty() {
-                self.make_ready(id);
-            }
-            return Some(transmit);
-        }
-        None
     }
 
     /// Credit this side holds for the connection, for diagnostics.
@@ -353,16 +319,6 @@ impl<B: Body> Session<B> {
             )));
         }
         Ok(())
-    }
-
-    fn make_ready(&mut self, id: u64) {
-        if let Some(call) = self.calls.get_mut(&id)
-            && !call.ready
-            && !call.queue.is_empty()
-        {
-            call.ready = true;
-            self.ready.push_back(id);
-        }
     }
 
     fn remove_call(&mut self, id: u64) -> Option<Call<B>> {

@@ -160,6 +160,47 @@ fn call_window_holds_data_until_the_receiver_consumes() {
 }
 
 #[test]
+fn frames_that_skip_the_queues_stay_in_order_with_those_that_wait() {
+    let now = Instant::now();
+    let (mut client, mut server) = pair(small_config(), now);
+    client.open_call(now, 1, None, call_body("/m", 0, b""), false, false).expect("open");
+    exchange(&mut client, &mut server, now);
+    events(&mut server);
+    // Two frames fit the 2048-byte call window and skip the queues; the third waits for credit.
+    for (n, len) in [(1u8, 1000), (2, 1000), (3, 1000)] {
+        server.send(1, Kind::Data, Bytes::from(vec![n; len]), false).expect("queue");
+    }
+    exchange(&mut client, &mut server, now);
+    let firsts = |events: Vec<Event>| -> Vec<u8> {
+        events.into_iter().filter_map(|e| if let Event::Data { body, .. } = e { Some(body[0]) } else { None }).collect()
+    };
+    assert_eq!(firsts(events(&mut client)), vec![1, 2]);
+    // The blocked call is out of the round-robin now; a fourth frame, which alone would fit,
+    // still waits behind the third.
+    server.send(1, Kind::Data, Bytes::from(vec![4; 10]), false).expect("queue");
+    exchange(&mut client, &mut server, now);
+    assert_eq!(firsts(events(&mut client)), Vec::<u8>::new());
+    client.release(1, 2000);
+    exchange(&mut client, &mut server, now);
+    assert_eq!(firsts(events(&mut client)), vec![3, 4]);
+}
+
+#[test]
+fn a_call_cancelled_before_its_frame_left_never_reaches_the_server() {
+    let now = Instant::now();
+    let (mut client, mut server) = pair(small_config(), now);
+    client.open_call(now, 1, None, call_body("/m", 0, b"x"), true, true).expect("open");
+    client.finish(1, crate::Status::cancelled("user"));
+    exchange(&mut client, &mut server, now);
+    assert_eq!(events(&mut server), vec![], "no CALL after the trailer that ended it");
+    assert_eq!((client.open_calls(), server.open_calls()), (0, 0));
+    // The connection goes on.
+    client.open_call(now, 2, None, call_body("/m", 0, b"y"), true, true).expect("open");
+    exchange(&mut client, &mut server, now);
+    assert!(matches!(events(&mut server).first(), Some(Event::Incoming { id: 2, .. })));
+}
+
+#[test]
 fn sending_past_the_granted_credit_is_a_flow_control_error() {
     let now = Instant::now();
     let (mut client, mut server) = pair(small_config(), now);

@@ -66,6 +66,7 @@ impl<B: Body> Session<B> {
             }
             self.deadlines.pop_first();
             if self.remove_call(id).is_some() {
+                self.unsend(id);
                 let status = Status::deadline_exceeded("deadline exceeded before the call finished");
                 self.control.push_back(Frame::Trailer { id, status: status.to_proto() });
                 self.events.push_back(Event::Closed { id, status });
@@ -215,6 +216,7 @@ impl<B: Body> Session<B> {
             let unprocessed: Vec<u64> = self.calls.keys().copied().filter(|&id| id > goaway.last_call_id).collect();
             for id in unprocessed {
                 self.remove_call(id);
+                self.unsend(id);
                 self.events.push_back(Event::Closed {
                     id,
                     status: Status::new(
