@@ -1,6 +1,8 @@
 //! The RDMA transport: the `Transport` trait over the `transport-rdma` crate. Send buffers are
 //! registered memory (prost encodes straight into what the NIC reads), received messages are
-//! `Bytes` over registered receive buffers that are re-posted when the last view drops. Messages
+//! `Bytes` over registered receive buffers that are re-posted when the last view drops (those of
+//! at most 512 bytes are copied into a reused chunk instead, which costs less than the handle's
+//! allocation, and their buffer is re-posted at once). Messages
 //! larger than a slot travel by RDMA WRITE into large buffers the peer lent, so the session's
 //! frame limit is the largest large-buffer class (16 MiB + 4 KiB by default), not one slot.
 

@@ -1,6 +1,7 @@
 //! An established RDMA connection and its three parts, as the RPC layer's `Transport` needs them:
 //! [`RdmaAlloc`] hands out registered send buffers, [`RdmaSender`] posts them (`sender.rs`), and
-//! [`RdmaReceiver`] yields received messages as `Bytes` over registered receive buffers.
+//! [`RdmaReceiver`] yields received messages as `Bytes` over registered receive buffers (small
+//! ones copied out: see `reap.rs`).
 //!
 //! Credit: the peer posted `recv_buffers` receives; every SEND and every WRITE-with-immediate
 //! consumes one. Each SEND carries, as its immediate value, how many receives this side re-posted
@@ -176,6 +177,7 @@ impl Setup {
             incoming: Some(incoming),
             claimed: None,
             repost_due: false,
+            small: bytes::BytesMut::new(),
         };
         let inner = Inner {
             qp: Mutex::new(self.qp),

@@ -113,13 +113,13 @@ async fn drain_after_close(inner: &Inner) {
     // Successful completions queued before the close are still data the peer sent.
     {
         let mut reaper = lock(&inner.reaper);
-        let Reaper { cq, completions, incoming, .. } = &mut *reaper;
+        let Reaper { cq, completions, incoming, small, .. } = &mut *reaper;
         completions.clear();
         if cq.poll(completions).is_ok() {
             for completion in completions.iter() {
                 let reaped = lock(&inner.qp).reap(completion);
                 if let Ok(Reaped::Received { slot, imm, byte_len }) = reaped
-                    && let Ok(Some(message)) = received(inner, slot, imm, byte_len)
+                    && let Ok(Some(message)) = received(inner, slot, imm, byte_len, small)
                     && let Some(incoming) = incoming
                 {
                     let _ = incoming.send(Ok(message));

@@ -11,7 +11,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::{Notify, mpsc};
 
 use crate::RdmaError;
@@ -37,7 +37,19 @@ pub(crate) struct Reaper {
     /// A step skipped re-posting to hand a claimed receiver its message first: the next one
     /// re-posts whatever it finds.
     pub(crate) repost_due: bool,
+    /// Where small received messages are copied (see [`deliver`]).
+    pub(crate) small: BytesMut,
 }
+
+/// Received messages up to this size are copied out of their receive buffer into
+/// [`Reaper::small`], and the buffer goes back at once: a copy this small costs less than the
+/// allocation a handle over the registered buffer takes (`Bytes::from_owner` boxes its owner).
+const COPY_AT_MOST: usize = 512;
+
+/// The size of each chunk small messages are copied into. A chunk is reused once no view of it
+/// is alive; a view the application keeps holds its chunk, so this bounds what one kept small
+/// message can hold on to, as a TCP read buffer does for the frames split off it.
+const SMALL_CHUNK: usize = 16 * 1024;
 
 /// How long one renewal of the receiver's lease keeps the poller task away: if the receiver stops
 /// being polled (its driver is busy elsewhere, or gone), the poller takes over after this.
@@ -99,14 +111,14 @@ pub(crate) fn step(inner: &Inner, reaper: &mut Reaper) -> Result<bool, RdmaError
     if inner.is_closed() {
         return Ok(false);
     }
-    let Reaper { cq, completions, incoming, claimed, repost_due } = reaper;
+    let Reaper { cq, completions, incoming, claimed, repost_due, small } = reaper;
     completions.clear();
     let reaped = cq.poll(completions)?;
     let mut handed = false;
     for completion in completions.iter() {
         let outcome = lock(&inner.qp).reap(completion)?;
         if let Reaped::Received { slot, imm, byte_len } = outcome
-            && let Some(message) = received(inner, slot, imm, byte_len)?
+            && let Some(message) = received(inner, slot, imm, byte_len, small)?
         {
             match (claimed.as_mut(), incoming.as_ref()) {
                 (Some(claimed), _) => {
@@ -154,14 +166,20 @@ pub(crate) fn step_or_fail(inner: &Inner) -> bool {
 
 /// What a receive completion means (by its immediate): credit and maybe a message in the slot,
 /// a message in a large buffer, or a large buffer of the peer's handed back. Errors are protocol
-/// violations by the peer.
-pub(crate) fn received(inner: &Inner, slot: Slot, imm: u32, byte_len: u32) -> Result<Option<Bytes>, RdmaError> {
+/// violations by the peer. `small` is the reaper's chunk for small messages.
+pub(crate) fn received(
+    inner: &Inner,
+    slot: Slot,
+    imm: u32,
+    byte_len: u32,
+    small: &mut BytesMut,
+) -> Result<Option<Bytes>, RdmaError> {
     match Imm::decode(imm) {
         Imm::Credit(count) => {
             if count > 0 {
                 lock(&inner.credits).available += count;
             }
-            Ok((slot.len() > 0).then(|| deliver(inner, slot)))
+            Ok((slot.len() > 0).then(|| deliver(inner, slot, small)))
         }
         Imm::Written { class, index } => {
             drop(slot); // a WRITE-with-immediate consumed the receive but wrote nothing into it
@@ -181,19 +199,33 @@ pub(crate) fn received(inner: &Inner, slot: Slot, imm: u32, byte_len: u32) -> Re
     }
 }
 
-/// Hands a received message up. Normally the `Bytes` are the registered buffer itself (the
-/// application holds it as long as it holds the bytes; dropping them returns the slot, which the
-/// next step re-posts). When the application already holds three quarters of the receive buffers —
-/// messages queued behind work that waits on the peer — the message is copied out and its buffer
-/// re-posted at once: otherwise the peer could run out of credit while this side waits on the
-/// peer, and both would stall.
-fn deliver(inner: &Inner, slot: crate::verbs::Slot) -> Bytes {
+/// Hands a received message up. A small one (at most [`COPY_AT_MOST`] bytes) is copied into
+/// `small` and its buffer goes back now. Otherwise the `Bytes` are the registered buffer itself
+/// (the application holds it as long as it holds the bytes; dropping them returns the slot, which
+/// the next step re-posts). When the application already holds three quarters of the receive
+/// buffers — messages queued behind work that waits on the peer — the message is copied out and
+/// its buffer re-posted at once: otherwise the peer could run out of credit while this side waits
+/// on the peer, and both would stall.
+fn deliver(inner: &Inner, slot: crate::verbs::Slot, small: &mut BytesMut) -> Bytes {
+    if slot.len() <= COPY_AT_MOST {
+        return copy_small(small, slot.filled());
+    }
     let ready = lock(&inner.qp).recvs_posted() + inner.recv_region.free_count();
     if ready * 4 < inner.config.recv_buffers as usize {
         Bytes::copy_from_slice(slot.filled())
     } else {
         Bytes::from_owner(slot)
     }
+}
+
+/// `message` copied into the end of `chunk` and split off it. A chunk too full for it is
+/// replaced, reusing its memory when no view of it is alive (`BytesMut::reserve` reclaims it).
+fn copy_small(chunk: &mut BytesMut, message: &[u8]) -> Bytes {
+    if chunk.capacity() < message.len() {
+        chunk.reserve(SMALL_CHUNK);
+    }
+    chunk.extend_from_slice(message);
+    chunk.split().freeze()
 }
 
 /// Re-posts returned receive buffers, lends dropped large buffers to the peer again, then returns
@@ -253,5 +285,40 @@ pub(crate) fn fail(inner: &Inner, reaper: &Reaper, err: RdmaError) {
     inner.close(err.to_string());
     if let Some(incoming) = &reaper.incoming {
         let _ = incoming.send(Err(err));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Copies that fill `chunk` exactly to its end (dropped at once), so the next one needs room.
+    fn fill(chunk: &mut BytesMut) {
+        while chunk.capacity() >= 100 {
+            drop(copy_small(chunk, &[0; 100]));
+        }
+    }
+
+    #[test]
+    fn small_copies_share_a_chunk_and_reuse_it_once_no_view_is_alive() {
+        let mut chunk = BytesMut::new();
+        let first = copy_small(&mut chunk, &[1; 100]);
+        let second = copy_small(&mut chunk, &[2; 100]);
+        assert_eq!(second.as_ptr(), first.as_ptr().wrapping_add(100), "one chunk, back to back");
+        let start = first.as_ptr();
+        drop((first, second));
+        fill(&mut chunk);
+        assert_eq!(copy_small(&mut chunk, &[3; 100]).as_ptr(), start, "the chunk's memory is reused");
+    }
+
+    #[test]
+    fn a_kept_small_message_is_never_written_over() {
+        let mut chunk = BytesMut::new();
+        let kept = copy_small(&mut chunk, &[1; 100]);
+        fill(&mut chunk);
+        let next = copy_small(&mut chunk, &[2; 100]);
+        assert_ne!(next.as_ptr(), kept.as_ptr(), "a chunk with a live view gets new memory");
+        fill(&mut chunk);
+        assert!(kept.iter().all(|&b| b == 1) && next.iter().all(|&b| b == 2));
     }
 }
