@@ -292,7 +292,7 @@ pub(crate) fn fail(inner: &Inner, reaper: &Reaper, err: RdmaError) {
 mod tests {
     use super::*;
 
-    /// Copies that fill `chunk` exactly to its end (dropped at once), so the next one needs room.
+    /// Copies (dropped at once) until less than one more fits in `chunk`: the next one needs room.
     fn fill(chunk: &mut BytesMut) {
         while chunk.capacity() >= 100 {
             drop(copy_small(chunk, &[0; 100]));
