@@ -34,8 +34,8 @@ pub(crate) struct Reaper {
     /// channel held at the claim moved here first; what the poller task sends once the
     /// connection closed (the drain, the error, the end) still goes through `incoming`, after.
     pub(crate) claimed: Option<std::collections::VecDeque<Result<Bytes, RdmaError>>>,
-    /// A step skipped re-posting to hand a claimed receiver its message first: the next one
-    /// re-posts whatever it finds.
+    /// A step skipped re-posting to hand its message over first: the next one re-posts whatever
+    /// it finds.
     pub(crate) repost_due: bool,
     /// Where small received messages are copied (see [`deliver`]).
     pub(crate) small: BytesMut,
@@ -127,6 +127,7 @@ pub(crate) fn step(inner: &Inner, reaper: &mut Reaper) -> Result<bool, RdmaError
                 }
                 (None, Some(incoming)) => {
                     let _ = incoming.send(Ok(message));
+                    handed = true;
                 }
                 (None, None) => {}
             }
@@ -141,9 +142,12 @@ pub(crate) fn step(inner: &Inner, reaper: &mut Reaper) -> Result<bool, RdmaError
         return Ok(false);
     }
     if handed && !*repost_due {
-        // A claimed receiver's thread takes its message before re-posting, which is then done in
-        // its next step, after the message was handled (and its reply sent): one step later at
-        // most, so receives are re-posted however busy the connection.
+        // The receiver takes its message before re-posting, which is then done in the next step,
+        // after the message was handled (and its reply sent): a small message's receive buffer
+        // is free at once, and re-posting it here would come between the completion and the
+        // receiver. The next step is never far: a claimed receiver's thread steps every turn; a
+        // step that returns true makes the poller task step again (after the tasks it woke), and
+        // a spinning receiver's lease, which keeps the poller away, lasts 1 ms at most.
         *repost_due = true;
         return Ok(true);
     }
