@@ -2,7 +2,7 @@
 //! registered memory (prost encodes straight into what the NIC reads), received messages are
 //! `Bytes` over registered receive buffers that are re-posted when the last view drops (those of
 //! at most 512 bytes are copied into a reused chunk instead, which costs less than the handle's
-//! allocation, and their buffer is re-posted at once). Messages
+//! allocation, and their buffer goes back to be re-posted at once). Messages
 //! larger than a slot travel by RDMA WRITE into large buffers the peer lent, so the session's
 //! frame limit is the largest large-buffer class (16 MiB + 4 KiB by default), not one slot.
 

@@ -208,7 +208,7 @@ pub(crate) fn received(
 /// (the application holds it as long as it holds the bytes; dropping them returns the slot, which
 /// the next step re-posts). When the application already holds three quarters of the receive
 /// buffers — messages queued behind work that waits on the peer — the message is copied out and
-/// its buffer re-posted at once: otherwise the peer could run out of credit while this side waits
+/// its buffer re-posted by the next step: otherwise the peer could run out of credit while this side waits
 /// on the peer, and both would stall.
 fn deliver(inner: &Inner, slot: crate::verbs::Slot, small: &mut BytesMut) -> Bytes {
     if slot.len() <= COPY_AT_MOST {
