@@ -208,8 +208,8 @@ pub(crate) fn received(
 /// (the application holds it as long as it holds the bytes; dropping them returns the slot, which
 /// the next step re-posts). When the application already holds three quarters of the receive
 /// buffers — messages queued behind work that waits on the peer — the message is copied out and
-/// its buffer re-posted by the next step: otherwise the peer could run out of credit while this side waits
-/// on the peer, and both would stall.
+/// its buffer re-posted by the next step: otherwise the peer could run out of credit while this
+/// side waits on the peer, and both would stall.
 fn deliver(inner: &Inner, slot: crate::verbs::Slot, small: &mut BytesMut) -> Bytes {
     if slot.len() <= COPY_AT_MOST {
         return copy_small(small, slot.filled());
