@@ -27,6 +27,22 @@ async fn generated_unary_method_computes() {
     assert_eq!((sum.total, sum.count), (-4, 4));
 }
 
+#[tokio::test]
+async fn call_metadata_reaches_the_handler() {
+    let server = TestServer::start().await;
+    let plain = server.client().await;
+    let metadata = std::collections::BTreeMap::from([
+        ("offset".to_string(), "100".to_string()),
+        ("trace-id".to_string(), "4bf92f3577b34da6".to_string()),
+    ]);
+    let with = CalculatorClient::new(plain.with_options(rdma_rpc::rpc::CallOptions { metadata, timeout: None }));
+    let sum = with.add(&Numbers { values: vec![1, 2] }).await.expect("add");
+    assert_eq!(sum.total, 103, "the handler read the offset from the call's metadata");
+    // Options belong to the handle: the same connection without them carries none.
+    let sum = CalculatorClient::new(plain).add(&Numbers { values: vec![1, 2] }).await.expect("add");
+    assert_eq!(sum.total, 3);
+}
+
 /// A service whose handlers panic: "/t.Panic/Now" in its first poll (the driver polls a new
 /// handler once inline), "/t.Panic/Later" after it was given a task of its own. The `Slot*`
 /// methods do the same from reusable handler slots (as generated services run), every other call

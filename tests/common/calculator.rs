@@ -62,8 +62,12 @@ fn sum(numbers: &Numbers) -> i64 {
 }
 
 impl pb::Calculator for Calc {
-    async fn add(&self, request: Numbers, _ctx: RequestContext) -> Result<Sum, Status> {
-        Ok(Sum { total: sum(&request), count: request.values.len() as u32 })
+    async fn add(&self, request: Numbers, ctx: RequestContext) -> Result<Sum, Status> {
+        let offset = match ctx.metadata.get("offset") {
+            Some(offset) => offset.parse::<i64>().map_err(|_| Status::invalid_argument("offset is not an integer"))?,
+            None => 0,
+        };
+        Ok(Sum { total: sum(&request) + offset, count: request.values.len() as u32 })
     }
 
     async fn count(
