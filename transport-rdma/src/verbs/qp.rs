@@ -126,7 +126,18 @@ impl RcQueuePair {
             .setup_max_inline_data(max_inline)
             .setup_send_cq(cq.generic())
             .setup_recv_cq(cq.generic());
-        let mut qp = builder.build().map_err(|e| RdmaError::verbs("ibv_create_qp", std::io::Error::other(e)))?;
+        // A device may refuse a QP with more inline room than it has (providers differ on
+        // whether they clamp or fail): then the QP is made without inline sends, which is always
+        // correct, only slower for small messages.
+        let (mut qp, max_inline) = match builder.build() {
+            Ok(qp) => (qp, max_inline),
+            Err(err) if max_inline > 0 => {
+                tracing::debug!(max_inline, %err, "the device refused inline sends: QP without them");
+                builder.setup_max_inline_data(0);
+                (builder.build().map_err(|e| RdmaError::verbs("ibv_create_qp", std::io::Error::other(e)))?, 0)
+            }
+            Err(err) => return Err(RdmaError::verbs("ibv_create_qp", std::io::Error::other(err))),
+        };
         let mut attr = QueuePairAttribute::new();
         attr.setup_state(QueuePairState::Init)
             .setup_pkey_index(0)
