@@ -1,6 +1,8 @@
 //! The prost `ServiceGenerator` of rdma-rpc: for every service in a .proto file it emits
 //! - `<Service>Client<T>`: a typed client over `rdma_rpc::rpc::Client<T>`, one method per RPC;
 //! - `<Service>DirectClient`: blocking unary calls over a run-to-completion RDMA connection;
+//! - `<Service>InlineClient<T>`: async unary calls that run in the caller's task, over any
+//!   transport;
 //! - `<Service>`: the server trait to implement, one method per RPC;
 //! - `<Service>Server<S>`: the adapter that routes calls to the trait (`rdma_rpc::rpc::Service`).
 //!
@@ -65,7 +67,8 @@ impl ServiceGenerator for ServiceGen {
             }
         }
         let _ = writeln!(buf, "}}\n");
-        write_direct_client(buf, &service, &full_name);
+        write_owned_client(buf, &service, &full_name, OwnedClient::Direct);
+        write_owned_client(buf, &service, &full_name, OwnedClient::Inline);
 
         // Server trait.
         let _ = writeln!(
@@ -154,39 +157,62 @@ impl ServiceGenerator for ServiceGen {
     }
 }
 
-/// Writes `<Service>DirectClient`: the unary methods as blocking calls over a run-to-completion
-/// RDMA connection (`rdma_rpc::rpc::direct::DirectClient`), which has no streaming calls.
-fn write_direct_client(buf: &mut String, service: &Service, full_name: &str) {
+/// The two clients whose calls run in the caller, one at a time (`rdma_rpc::rpc::direct`).
+#[derive(Clone, Copy)]
+enum OwnedClient {
+    /// `<Service>DirectClient`: blocking calls over a run-to-completion RDMA connection.
+    Direct,
+    /// `<Service>InlineClient<T>`: async calls in the caller's task, over any transport.
+    Inline,
+}
+
+/// Writes `<Service>DirectClient` or `<Service>InlineClient<T>`: the unary methods (these clients
+/// have no streaming calls) around `rdma_rpc::rpc::direct::DirectClient` or `InlineClient<T>`.
+fn write_owned_client(buf: &mut String, service: &Service, full_name: &str, kind: OwnedClient) {
     let name = &service.name;
-    let _ = writeln!(
-        buf,
-        "/// Blocking client for the unary methods of `{full_name}` over a run-to-completion RDMA connection:\n\
-         /// each call polls the connection's completion queue from the calling thread until its reply."
-    );
-    let _ = writeln!(
-        buf,
-        "#[derive(Debug)]\npub struct {name}DirectClient {{\n    inner: ::rdma_rpc::rpc::direct::DirectClient,\n}}\n"
-    );
-    let _ = writeln!(buf, "impl {name}DirectClient {{");
-    let _ = writeln!(buf, "    /// Wraps a connected run-to-completion client.");
-    let _ =
-        writeln!(buf, "    pub fn new(inner: ::rdma_rpc::rpc::direct::DirectClient) -> Self {{ Self {{ inner }} }}\n");
+    let (doc, ty, generics, inner, asyncness, wait) = match kind {
+        OwnedClient::Direct => (
+            format!(
+                "/// Blocking client for the unary methods of `{full_name}` over a run-to-completion RDMA connection:\n\
+                 /// each call polls the connection's completion queue from the calling thread until its reply."
+            ),
+            format!("{name}DirectClient"),
+            "",
+            "::rdma_rpc::rpc::direct::DirectClient",
+            "",
+            "",
+        ),
+        OwnedClient::Inline => (
+            format!(
+                "/// Client for the unary methods of `{full_name}` whose calls run in the calling task, one at a time:\n\
+                 /// it writes the request and reads the reply itself, with no driver task in between."
+            ),
+            format!("{name}InlineClient"),
+            "<T: ::rdma_rpc::transport::Transport>",
+            "::rdma_rpc::rpc::direct::InlineClient<T>",
+            "async ",
+            ".await",
+        ),
+    };
+    let args = if generics.is_empty() { "" } else { "<T>" };
+    let _ = writeln!(buf, "{doc}");
+    let _ = writeln!(buf, "#[derive(Debug)]\npub struct {ty}{generics} {{\n    inner: {inner},\n}}\n");
+    let _ = writeln!(buf, "impl{generics} {ty}{args} {{");
+    let _ = writeln!(buf, "    /// Wraps a connected client.");
+    let _ = writeln!(buf, "    pub fn new(inner: {inner}) -> Self {{ Self {{ inner }} }}\n");
     let _ = writeln!(buf, "    /// The untyped client underneath (timeouts, metadata).");
-    let _ = writeln!(
-        buf,
-        "    pub fn inner_mut(&mut self) -> &mut ::rdma_rpc::rpc::direct::DirectClient {{ &mut self.inner }}\n"
-    );
+    let _ = writeln!(buf, "    pub fn inner_mut(&mut self) -> &mut {inner} {{ &mut self.inner }}\n");
     let _ = writeln!(buf, "    /// The untyped client back.");
-    let _ = writeln!(buf, "    pub fn into_inner(self) -> ::rdma_rpc::rpc::direct::DirectClient {{ self.inner }}\n");
+    let _ = writeln!(buf, "    pub fn into_inner(self) -> {inner} {{ self.inner }}\n");
     for m in service.methods.iter().filter(|m| !m.client_streaming && !m.server_streaming) {
         let docs = doc_lines(&m.comments.leading, "    ");
         let (input, output, method) = (&m.input_type, &m.output_type, &m.name);
         let _ = write!(buf, "{docs}");
         let _ = writeln!(
             buf,
-            "    pub fn {method}(&mut self, request: &{input}) -> ::core::result::Result<{output}, ::rdma_rpc::Status> {{"
+            "    pub {asyncness}fn {method}(&mut self, request: &{input}) -> ::core::result::Result<{output}, ::rdma_rpc::Status> {{"
         );
-        let _ = writeln!(buf, "        self.inner.unary(\"/{full_name}/{}\", request)\n    }}\n", m.proto_name);
+        let _ = writeln!(buf, "        self.inner.unary(\"/{full_name}/{}\", request){wait}\n    }}\n", m.proto_name);
     }
     let _ = writeln!(buf, "}}\n");
 }

@@ -2,7 +2,8 @@
 //! `scripts/rxe-test` in a soft-RoCE guest (`RDMA_TEST_DEVICE`, `RDMA_TEST_ADDR`); elsewhere
 //! `#[ignore]`d. The server runs each RDMA connection in a thread that polls its CQ; the
 //! [`DirectClient`] polls its own from the calling thread. Each side is also checked against the
-//! ordinary (tokio-driven) other side: the wire is the same.
+//! ordinary (tokio-driven) other side: the wire is the same. The inline client (async calls in
+//! the caller's task) is run against both kinds of server here too.
 
 mod common;
 
@@ -14,8 +15,8 @@ use common::calculator::pb::{Blob, CalculatorClient, CalculatorDirectClient, Cou
 use common::{pattern, rdma_addr};
 use rdma_rpc::Code;
 use rdma_rpc::echo::EchoService;
-use rdma_rpc::pb::echo::{EchoClient, EchoReply, EchoRequest};
-use rdma_rpc::rpc::direct::DirectClient;
+use rdma_rpc::pb::echo::{EchoClient, EchoInlineClient, EchoReply, EchoRequest};
+use rdma_rpc::rpc::direct::{DirectClient, InlineClient};
 use rdma_rpc::rpc::{ConnectOptions, Connection, ConnectionConfig, Router, Server, connect};
 use rdma_rpc::transport::rdma::{self, Negotiated, RdmaConfig};
 use rdma_rpc::transport::tcp::{TcpConfig, TcpConnection, TcpListener};
@@ -269,4 +270,38 @@ async fn rdma_run_to_completion_peer_killed_fails_the_call_promptly() {
     let (err, took) = outcome;
     assert_eq!(err.code, Code::Unavailable, "{err}");
     assert!(took < Duration::from_secs(10), "the call hung for {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real RDMA device: scripts/rxe-test runs it on soft-RoCE"]
+async fn rdma_inline_client_calls_both_kinds_of_server() {
+    let addr = rdma_addr();
+    for direct in [false, true] {
+        let (server, _stop) = start_server(&addr, direct).await;
+        let tcp = TcpConnection::connect(server.as_str(), TcpConfig::default()).await.expect("tcp");
+        let Negotiated::Rdma(connection) = rdma::connect(tcp, &RdmaConfig::default()).await.expect("handshake") else {
+            panic!("expected RDMA");
+        };
+        let client = InlineClient::connect(connection, ConnectionConfig::default()).await.expect("session");
+        assert_eq!(client.transport_name(), "rdma");
+        let mut echo = EchoInlineClient::new(client);
+        // Sizes across inline sends, one slot, and the large-buffer path (RDMA WRITE).
+        for size in [0usize, 64, 4096, 200_000, 1 << 20] {
+            let payload = pattern(size, size as u8);
+            let reply = echo.echo(&EchoRequest { payload: payload.clone() }).await.expect("echo");
+            assert_eq!(reply.payload, payload, "size {size}, run to completion: {direct}");
+        }
+        let mut client = echo.into_inner();
+        client.set_timeout(Some(Duration::from_millis(200)));
+        let slow = CountRequest { upto: 5, delay_ms: 3_000 };
+        let late = client.unary::<_, Sum>(WAIT, &slow).await.expect_err("the deadline passes first");
+        assert_eq!(late.code, Code::DeadlineExceeded, "{late}");
+        client.set_timeout(None);
+        for round in 0..1_000u64 {
+            let payload = Bytes::from(round.to_le_bytes().to_vec());
+            let reply: EchoReply = client.unary(ECHO, &EchoRequest { payload: payload.clone() }).await.expect("echo");
+            assert_eq!(reply.payload, payload, "round {round}");
+        }
+        client.close().await;
+    }
 }

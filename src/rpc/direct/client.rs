@@ -152,7 +152,7 @@ impl DirectClient {
 }
 
 /// A call's result from its reply and final status.
-fn finish<Res: Message + Default>(reply: Option<bytes::Bytes>, status: Status) -> Result<Res, Status> {
+pub(super) fn finish<Res: Message + Default>(reply: Option<bytes::Bytes>, status: Status) -> Result<Res, Status> {
     if !status.is_ok() {
         return Err(status);
     }
@@ -163,7 +163,7 @@ fn finish<Res: Message + Default>(reply: Option<bytes::Bytes>, status: Status) -
 }
 
 /// What a call sees when its connection ended.
-fn closed(status: Status) -> Status {
+pub(super) fn closed(status: Status) -> Status {
     if status.is_ok() {
         Status::unavailable("connection closed (the server shut down gracefully); connect again")
     } else {

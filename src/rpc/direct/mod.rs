@@ -13,10 +13,16 @@
 //! `Unimplemented` with where to serve them), one call at a time per connection, and a handler
 //! that waits holds its connection's thread. Both ends interoperate with ordinary clients and
 //! servers: the wire does not change.
+//!
+//! [`InlineClient`] brings the client half of this model to async code and to every transport:
+//! its unary calls run in the caller's task, which writes the request and reads the reply itself
+//! (no driver task, mailbox or hand-off), one call at a time.
 
 mod client;
 mod conn;
+mod inline;
 mod server;
 
 pub use client::DirectClient;
+pub use inline::InlineClient;
 pub use server::serve_connection_direct;
