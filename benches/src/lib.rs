@@ -26,7 +26,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use rdma_rpc::echo::EchoService;
-use rdma_rpc::pb::echo::EchoClient;
+use rdma_rpc::pb::echo::{EchoClient, EchoInlineClient};
+use rdma_rpc::rpc::direct::InlineClient;
 use rdma_rpc::rpc::{Client, ConnectOptions, Connection, ConnectionConfig, Router, Server};
 use rdma_rpc::transport::rdma::RdmaConfig;
 use rdma_rpc::transport::tcp::{TcpConfig, TcpConnection, TcpListener};
@@ -108,6 +109,14 @@ impl RpcEchoServer {
     ) -> Result<EchoClient<TcpConnection>, Box<dyn std::error::Error + Send + Sync>> {
         let connection = TcpConnection::connect(self.addr, tcp).await?;
         Ok(EchoClient::new(Client::connect(connection, ConnectionConfig::default()).await?))
+    }
+
+    /// A new connection for an inline client (calls run in the caller's task), handshake done.
+    pub async fn inline_client(
+        &self,
+    ) -> Result<EchoInlineClient<TcpConnection>, Box<dyn std::error::Error + Send + Sync>> {
+        let connection = TcpConnection::connect(self.addr, TcpConfig::default()).await?;
+        Ok(EchoInlineClient::new(InlineClient::connect(connection, ConnectionConfig::default()).await?))
     }
 
     /// A new connection with these options (RDMA when `options.rdma` is set), handshake done.

@@ -38,8 +38,10 @@ use rdma_rpc_benches::tonic_echo::{TonicEchoClient, TonicEchoServer};
 use rdma_rpc_benches::{RawCopyServer, RawEchoServer, RawPipelinedClient, RawSinkServer, RpcEchoServer, payload};
 
 use rdma_rpc_benches::raw_rdma::RawRdmaEchoServer;
-use report::{RAW, RAW_BUSY, RAW_RDMA, RPC_RDMA, RPC_RDMA_DIRECT, RPC_TCP, RPC_TCP_SLEEP, Report, TONIC, UnaryRow};
-use unary::{Caller, Measured, Raw, RawPipelined, RawRdma, Rpc, Tonic};
+use report::{
+    RAW, RAW_BUSY, RAW_RDMA, RPC_RDMA, RPC_RDMA_DIRECT, RPC_TCP, RPC_TCP_INLINE, RPC_TCP_SLEEP, Report, TONIC, UnaryRow,
+};
+use unary::{Caller, Inline, Measured, Raw, RawPipelined, RawRdma, Rpc, Tonic};
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
@@ -340,6 +342,8 @@ async fn measure_all(servers: Arc<Servers>, plan: Plan) -> Result<Report, String
     let connect_err = |err: Box<dyn std::error::Error + Send + Sync>| format!("cannot connect: {err}");
     let rpc = servers.rpc.client().await.map_err(connect_err)?;
     let rpc_sleep = servers.rpc_sleep.client_with(no_spin_tcp()).await.map_err(connect_err)?;
+    // Serviced only while it calls: idle, it takes no turns from the systems measured.
+    let mut inline = Some(Inline(servers.rpc.inline_client().await.map_err(connect_err)?));
     let tonic = servers.tonic.client().await.map_err(|err| format!("tonic cannot connect: {err}"))?;
     let raw_err = |err: std::io::Error| format!("raw echo: {err}");
     let pipelined = RawPipelinedClient::connect(&servers.raw_echo).await.map_err(raw_err)?;
@@ -358,6 +362,14 @@ async fn measure_all(servers: Arc<Servers>, plan: Plan) -> Result<Report, String
                         RPC_TCP,
                         unary::run(many(&rpc), data.clone(), warm_up, window).await?,
                     )?;
+                }
+                if in_flight == 1
+                    && plan.measures(RPC_TCP_INLINE)
+                    && let Some(caller) = inline.take()
+                {
+                    let (measured, caller) = unary::run_one(caller, data.clone(), warm_up, window).await?;
+                    inline = Some(caller);
+                    unary::merge_into(&mut cells, RPC_TCP_INLINE, measured)?;
                 }
                 if plan.measures(RPC_TCP_SLEEP) {
                     let measured = unary::run(many(&rpc_sleep), data.clone(), warm_up, window).await?;
@@ -414,6 +426,8 @@ async fn measure_all(servers: Arc<Servers>, plan: Plan) -> Result<Report, String
     for size in [64, 4096].into_iter().filter(|_| plan.runs(Part::Alloc)) {
         let data = payload(size);
         report.allocations.push((RPC_TCP, size, alloc_of(Rpc(rpc.clone()), &data, &plan).await?));
+        let inline = Inline(servers.rpc.inline_client().await.map_err(connect_err)?);
+        report.allocations.push((RPC_TCP_INLINE, size, alloc_of(inline, &data, &plan).await?));
         if let Some(rdma) = servers.rdma_client().await? {
             report.allocations.push((RPC_RDMA, size, alloc_of(Rpc(rdma), &data, &plan).await?));
         }

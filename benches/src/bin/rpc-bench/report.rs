@@ -11,6 +11,9 @@ use super::unary::{Measured, PerCall};
 pub const RPC_TCP: &str = "rdma-rpc tcp";
 /// rdma-rpc over TCP, sleeping at once (`busy_poll: None`, the CLI's `--no-spin`).
 pub const RPC_TCP_SLEEP: &str = "rdma-rpc tcp no-spin";
+/// rdma-rpc over TCP with the inline client: the call's own task writes the request and reads
+/// the reply, with no driver task between them (`rpc::direct::InlineClient`; one call in flight).
+pub const RPC_TCP_INLINE: &str = "rdma-rpc tcp inline";
 /// rdma-rpc over RDMA (only when an RDMA address was given).
 pub const RPC_RDMA: &str = "rdma-rpc rdma";
 /// rdma-rpc over RDMA run to completion: the server's connection thread and the calling thread
@@ -218,6 +221,8 @@ impl Report {
         target(sleep, div(p50(RPC_TCP_SLEEP), p50(RAW)), &|v| v <= 1.15);
         let busy = "TCP unary p50, 64 B, 1 in flight ÷ raw echo busy-polling too ≤ 1.15";
         target(busy, div(p50(RPC_TCP), p50(RAW_BUSY)), &|v| v <= 1.15);
+        let inline = "TCP unary p50, 64 B, 1 in flight, inline client ÷ raw echo busy-polling too ≤ 1.15";
+        target(inline, div(p50(RPC_TCP_INLINE), p50(RAW_BUSY)), &|v| v <= 1.15);
         target("TCP calls/s, 64 B, 64 in flight ÷ tonic ≥ 2", div(rate(RPC_TCP), rate(TONIC)), &|v| v >= 2.0);
         let mbps = |system| self.stream(system).map(Throughput::megabytes_per_sec);
         target("TCP stream throughput ÷ raw TCP copy ≥ 0.8", div(mbps(RPC_TCP), mbps(RAW)), &|v| v >= 0.8);

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use prost::Message as _;
-use rdma_rpc::pb::echo::{EchoClient, EchoDirectClient, EchoReply, EchoRequest};
+use rdma_rpc::pb::echo::{EchoClient, EchoDirectClient, EchoInlineClient, EchoReply, EchoRequest};
 use rdma_rpc::rpc::direct::DirectClient;
 use rdma_rpc::transport::Transport;
 use rdma_rpc::wire::HEADER_LEN;
@@ -36,6 +36,16 @@ pub struct Rpc<T: Transport>(pub EchoClient<T>);
 impl<T: Transport> Caller for Rpc<T> {
     async fn call(&mut self, request: &EchoRequest) -> Result<usize, String> {
         let reply = self.0.echo(request).await.map_err(|status| format!("rdma-rpc echo: {status}"))?;
+        Ok(reply.payload.len())
+    }
+}
+
+/// An rdma-rpc inline client: calls run in the calling task (one at a time).
+pub struct Inline<T: Transport>(pub EchoInlineClient<T>);
+
+impl<T: Transport> Caller for Inline<T> {
+    async fn call(&mut self, request: &EchoRequest) -> Result<usize, String> {
+        let reply = self.0.echo(request).await.map_err(|status| format!("rdma-rpc inline echo: {status}"))?;
         Ok(reply.payload.len())
     }
 }
@@ -149,20 +159,7 @@ pub async fn run<C: Caller>(
     let mut tasks = Vec::with_capacity(callers.len());
     for mut caller in callers {
         let request = EchoRequest { payload: payload.clone() };
-        tasks.push(tokio::spawn(async move {
-            let mut histogram = new_histogram();
-            loop {
-                let started = Instant::now();
-                if started >= end {
-                    return Ok::<_, String>(histogram);
-                }
-                let len = caller.call(&request).await?;
-                if len != request.payload.len() {
-                    return Err(format!("echo returned {len} bytes for {}", request.payload.len()));
-                }
-                record(&mut histogram, started, start);
-            }
-        }));
+        tasks.push(tokio::spawn(async move { calls(&mut caller, &request, start, end).await }));
     }
     let mut histogram = new_histogram();
     for task in tasks {
@@ -170,6 +167,47 @@ pub async fn run<C: Caller>(
         histogram.add(&part).map_err(|err| format!("histograms merge: {err}"))?;
     }
     Ok(Measured { calls: histogram.len(), histogram, window })
+}
+
+/// [`run`] with one caller, given back after: for a client kept across rounds (one whose
+/// connection is its own, as the inline client's is).
+pub async fn run_one<C: Caller>(
+    mut caller: C,
+    payload: Bytes,
+    warm_up: Duration,
+    window: Duration,
+) -> Result<(Measured, C), String> {
+    let start = Instant::now() + warm_up;
+    let end = start + window;
+    let request = EchoRequest { payload };
+    let task = tokio::spawn(async move {
+        let histogram = calls(&mut caller, &request, start, end).await;
+        (histogram, caller)
+    });
+    let (histogram, caller) = task.await.map_err(|err| format!("a load task failed: {err}"))?;
+    let histogram = histogram?;
+    Ok((Measured { calls: histogram.len(), histogram, window }, caller))
+}
+
+/// Calls back to back until `end`, recording each round trip that started at or after `start`.
+async fn calls<C: Caller>(
+    caller: &mut C,
+    request: &EchoRequest,
+    start: Instant,
+    end: Instant,
+) -> Result<Histogram<u64>, String> {
+    let mut histogram = new_histogram();
+    loop {
+        let started = Instant::now();
+        if started >= end {
+            return Ok(histogram);
+        }
+        let len = caller.call(request).await?;
+        if len != request.payload.len() {
+            return Err(format!("echo returned {len} bytes for {}", request.payload.len()));
+        }
+        record(&mut histogram, started, start);
+    }
 }
 
 /// The echo method's path (what its CALL frame carries).
