@@ -28,10 +28,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Parser;
-use rdma_rpc::pb::echo::EchoClient;
-use rdma_rpc::rpc::direct::DirectClient;
+use rdma_rpc::pb::echo::{EchoClient, EchoInlineClient};
+use rdma_rpc::rpc::direct::{DirectClient, InlineClient};
 use rdma_rpc::rpc::{ConnectOptions, Connection, ConnectionConfig};
-use rdma_rpc::transport::rdma::{PollMode, RdmaConfig, RdmaConnection};
+use rdma_rpc::transport::rdma::{self, Negotiated, PollMode, RdmaConfig, RdmaConnection};
 use rdma_rpc::transport::tcp::{TcpConfig, TcpConnection};
 use rdma_rpc_benches::alloc_count::{CountingAlloc, Side, set_side};
 use rdma_rpc_benches::tonic_echo::{TonicEchoClient, TonicEchoServer};
@@ -39,7 +39,8 @@ use rdma_rpc_benches::{RawCopyServer, RawEchoServer, RawPipelinedClient, RawSink
 
 use rdma_rpc_benches::raw_rdma::RawRdmaEchoServer;
 use report::{
-    RAW, RAW_BUSY, RAW_RDMA, RPC_RDMA, RPC_RDMA_DIRECT, RPC_TCP, RPC_TCP_INLINE, RPC_TCP_SLEEP, Report, TONIC, UnaryRow,
+    RAW, RAW_BUSY, RAW_RDMA, RPC_RDMA, RPC_RDMA_DIRECT, RPC_RDMA_INLINE, RPC_TCP, RPC_TCP_INLINE, RPC_TCP_SLEEP,
+    Report, TONIC, UnaryRow,
 };
 use unary::{Caller, Inline, Measured, Raw, RawPipelined, RawRdma, Rpc, Tonic};
 
@@ -263,6 +264,22 @@ impl Servers {
         }
     }
 
+    /// A new inline client of the ordinary server over RDMA, if this run measures RDMA (one per
+    /// measurement, as for [`rdma_client`](Self::rdma_client)).
+    async fn rdma_inline_client(&self) -> Result<Option<EchoInlineClient<RdmaConnection>>, String> {
+        let Some((server, config)) = &self.rdma else { return Ok(None) };
+        let tcp = TcpConnection::connect(&server.addr().to_string(), TcpConfig::default())
+            .await
+            .map_err(|err| format!("inline client over RDMA: {err}"))?;
+        match rdma::connect(tcp, config).await.map_err(|err| format!("inline client over RDMA: {err}"))? {
+            Negotiated::Rdma(connection) => InlineClient::connect(connection, ConnectionConfig::default())
+                .await
+                .map(|client| Some(EchoInlineClient::new(client)))
+                .map_err(|err| format!("inline client over RDMA: {err}")),
+            Negotiated::Tcp { reason, .. } => Err(format!("RDMA was refused: {reason}")),
+        }
+    }
+
     /// A new run-to-completion client of the run-to-completion server, if this run measures
     /// RDMA (one per measurement, as for [`rdma_client`](Self::rdma_client)).
     async fn direct_client(&self) -> Result<Option<DirectClient>, String> {
@@ -382,6 +399,13 @@ async fn measure_all(servers: Arc<Servers>, plan: Plan) -> Result<Report, String
                 {
                     let callers = (0..in_flight).map(|_| Rpc(rdma.clone())).collect();
                     unary::merge_into(&mut cells, RPC_RDMA, unary::run(callers, data.clone(), warm_up, window).await?)?;
+                }
+                if in_flight == 1
+                    && plan.measures(RPC_RDMA_INLINE)
+                    && let Some(client) = servers.rdma_inline_client().await?
+                {
+                    let measured = unary::run(vec![Inline(client)], data.clone(), warm_up, window).await?;
+                    unary::merge_into(&mut cells, RPC_RDMA_INLINE, measured)?;
                 }
                 if in_flight == 1
                     && plan.measures(RPC_RDMA_DIRECT)

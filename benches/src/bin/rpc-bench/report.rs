@@ -16,6 +16,8 @@ pub const RPC_TCP_SLEEP: &str = "rdma-rpc tcp no-spin";
 pub const RPC_TCP_INLINE: &str = "rdma-rpc tcp inline";
 /// rdma-rpc over RDMA (only when an RDMA address was given).
 pub const RPC_RDMA: &str = "rdma-rpc rdma";
+/// rdma-rpc over RDMA with the inline client against the ordinary server (one call in flight).
+pub const RPC_RDMA_INLINE: &str = "rdma-rpc rdma inline";
 /// rdma-rpc over RDMA run to completion: the server's connection thread and the calling thread
 /// poll their CQs themselves (`rpc::direct`; one call in flight).
 pub const RPC_RDMA_DIRECT: &str = "rdma-rpc rdma run-to-completion";
@@ -171,6 +173,8 @@ impl Report {
         row(same_bytes, self.perftest.frames_rt_us);
         row("raw rdma transport: rdma-rpc's RDMA transport echoing, no RPC layers", raw_p50);
         row("rdma-rpc rdma: the whole stack (frame, session, call, protobuf)", Some(rpc.micros(50.0)));
+        let inline = self.unary(RPC_RDMA_INLINE, 64, 1).map(|m| m.micros(50.0));
+        row("rdma-rpc rdma inline: the whole stack, the client's side run in the calling task", inline);
         let direct = self.unary(RPC_RDMA_DIRECT, 64, 1).map(|m| m.micros(50.0));
         row(
             "rdma-rpc rdma run-to-completion: the whole stack, polled by the caller's and the connection's threads",
