@@ -144,7 +144,7 @@ impl<T: Transport> InlineClient<T> {
     ) -> Result<Res, Status> {
         self.abandon_current();
         if let Some(status) = self.closed_status() {
-            return Err(closed(status));
+            return Err(status);
         }
         let id = self.open(method, request).await?;
         let mut reply = None;
