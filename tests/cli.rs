@@ -126,6 +126,14 @@ fn ping_measures_round_trips_against_serve() {
     let out = run(&["ping", &server.url("tcp"), "-c", "300", "-s", "100", "--concurrency", "8"]);
     assert!(out.status.success(), "{out}");
     assert!(out.stdout.contains("300 calls, 100 B payload"), "{out}");
+
+    let out = run(&["ping", &server.url("tcp"), "-c", "200", "-s", "4096", "--inline"]);
+    assert!(out.status.success(), "{out}");
+    assert!(out.stdout.contains("transport: tcp, inline client"), "{out}");
+    assert!(out.stdout.contains("200 calls, 4096 B payload: p50 "), "{out}");
+    let out = run(&["ping", &server.url("tcp"), "--inline", "--concurrency", "4"]);
+    assert_eq!(out.status.code(), Some(2), "{out}");
+    assert!(out.stderr.contains("cannot be used with"), "{out}");
 }
 
 #[test]
@@ -175,6 +183,12 @@ fn fallback_urls_fail_or_use_tcp_on_a_host_without_devices() {
     let out = run(&["serve", "--listen", "rdma://127.0.0.1:0", "--no-fallback"]);
     assert_eq!(out.status.code(), Some(2), "{out}");
     assert!(out.stderr.contains("RDMA not possible to 127.0.0.1:0"), "{out}");
+
+    let out = run(&["ping", &server.url("rdma"), "--count", "20", "--inline"]);
+    assert!(out.status.success(), "{out}");
+    assert!(out.stdout.contains("transport: tcp (fallback from rdma: "), "{out}");
+    assert!(out.stdout.contains("inline client"), "{out}");
+    assert!(out.stdout.contains("20 calls"), "{out}");
 
     // Run to completion polls a completion queue: never TCP.
     let out = run(&["ping", &server.url("rdma"), "--run-to-completion", "--count", "5"]);

@@ -4,7 +4,8 @@
 //! numbers from a shared counter until `--count` calls were made. Every reply must equal its
 //! payload (each payload starts with its call number, so swapped replies are caught too). The
 //! first failure stops the run and becomes the command's error. `--run-to-completion` makes the
-//! calls from one thread that polls the RDMA completion queue itself (`rpc::direct`).
+//! calls from one thread that polls the RDMA completion queue itself (`rpc::direct`); `--inline`
+//! makes them from this command's task with an `InlineClient` (no connection task in between).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,10 +15,12 @@ use bytes::{BufMut, Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use tokio::task::JoinSet;
 
-use crate::pb::echo::{EchoClient, EchoDirectClient, EchoReply, EchoRequest};
-use crate::rpc::direct::DirectClient;
-use crate::rpc::{Client, ConnectError, ConnectOptions, Connection, connect};
+use crate::pb::echo::{EchoClient, EchoDirectClient, EchoInlineClient, EchoReply, EchoRequest};
+use crate::rpc::direct::{DirectClient, InlineClient};
+use crate::rpc::{Client, ConnectError, ConnectOptions, Connection, Established, connect, establish, within};
 use crate::transport::Transport;
+use crate::transport::rdma::RdmaConnection;
+use crate::transport::tcp::TcpHalves;
 
 use super::args::PingArgs;
 use super::error::CliError;
@@ -47,11 +50,15 @@ pub async fn run(args: PingArgs) -> Result<(), CliError> {
         tcp: super::tcp_config(args.poll),
         ..ConnectOptions::default()
     };
-    let connection = connect(&host_port, &options).await.map_err(|err| match err {
+    let connect_error = |err| match err {
         ConnectError::RdmaRequired { reason } => CliError::RdmaUnavailable { host_port: host_port.clone(), reason },
         ConnectError::Timeout { .. } => CliError::ConnectTimeout { endpoint: url.clone(), timeout_ms: args.timeout_ms },
         other => CliError::connect(&url, other),
-    })?;
+    };
+    if args.inline {
+        return inline(&args, &host_port, &options, timeout).await.map_err(|err| err.into_cli(connect_error));
+    }
+    let connection = connect(&host_port, &options).await.map_err(connect_error)?;
     match connection {
         Connection::Tcp { client, fallback } => {
             match fallback {
@@ -175,6 +182,85 @@ async fn run_to_completion(args: &PingArgs, url: &str, host_port: &str, timeout:
         Err(join) => std::panic::resume_unwind(join.into_panic()),
     };
     println!("{}", summary(&histogram, count, size, started.elapsed()));
+    Ok(())
+}
+
+/// What `--inline` fails with: connecting, or a call.
+enum InlineError {
+    Connect(ConnectError),
+    Cli(CliError),
+}
+
+impl InlineError {
+    fn into_cli(self, connect_error: impl FnOnce(ConnectError) -> CliError) -> CliError {
+        match self {
+            InlineError::Connect(err) => connect_error(err),
+            InlineError::Cli(err) => err,
+        }
+    }
+}
+
+/// `--inline`: one connection whose calls this command's task makes with an [`InlineClient`].
+async fn inline(
+    args: &PingArgs,
+    host_port: &str,
+    options: &ConnectOptions,
+    timeout: Duration,
+) -> Result<(), InlineError> {
+    let config = options.connection.clone();
+    let established = within(host_port, options, async {
+        match establish(host_port, options).await? {
+            Established::Tcp { halves, fallback } => {
+                Ok(Inline::Tcp(InlineClient::connect(*halves, config).await?, fallback))
+            }
+            Established::Rdma(connection) => Ok(Inline::Rdma(InlineClient::connect(connection, config).await?)),
+        }
+    })
+    .await
+    .map_err(InlineError::Connect)?;
+    match established {
+        Inline::Tcp(client, fallback) => {
+            match fallback {
+                Some(reason) => println!("transport: tcp (fallback from rdma: {reason}), inline client"),
+                None => println!("transport: tcp, inline client (this task writes and reads)"),
+            }
+            measure_inline(client, args, timeout).await
+        }
+        Inline::Rdma(client) => {
+            println!("transport: rdma, inline client (this task posts and polls)");
+            measure_inline(client, args, timeout).await
+        }
+    }
+    .map_err(InlineError::Cli)
+}
+
+/// An inline client over whichever transport was negotiated.
+enum Inline {
+    Tcp(InlineClient<TcpHalves>, Option<String>),
+    Rdma(InlineClient<RdmaConnection>),
+}
+
+async fn measure_inline<T: Transport>(
+    mut client: InlineClient<T>,
+    args: &PingArgs,
+    timeout: Duration,
+) -> Result<(), CliError> {
+    client.set_timeout(Some(timeout));
+    println!("peer: {} (concurrency 1, timeout {} ms)", client.peer(), args.timeout_ms);
+    let peer = client.peer().to_string();
+    let mut client = EchoInlineClient::new(client);
+    let size = usize::try_from(args.size).expect("--size is capped at 16 MiB by its parser");
+    let started = Instant::now();
+    let mut histogram = new_histogram();
+    for index in 0..args.count {
+        let request = EchoRequest { payload: payload(index, size) };
+        let call_started = Instant::now();
+        let reply = client.echo(&request).await.map_err(|status| CliError::call(index, &peer, status))?;
+        record(&mut histogram, call_started);
+        check_echo(index, &request, &reply)?;
+    }
+    println!("{}", summary(&histogram, args.count, size, started.elapsed()));
+    client.into_inner().close().await;
     Ok(())
 }
 

@@ -65,28 +65,56 @@ impl Connection {
 /// Connects to `host:port`.
 pub async fn connect(addr: &str, options: &ConnectOptions) -> Result<Connection, ConnectError> {
     let attempt = async {
-        let tcp =
-            TcpConnection::connect(addr, options.tcp.clone()).await.map_err(crate::transport::TransportError::from)?;
-        let peer = format!("tcp://{}", tcp.peer_addr());
-        let Some(rdma_config) = &options.rdma else {
-            let (sender, receiver) = tcp.split();
-            let halves = TcpHalves { sender, receiver, first: None, peer };
-            let client = Client::connect(halves, options.connection.clone()).await?;
-            return Ok(Connection::Tcp { client, fallback: None });
-        };
-        match rdma::connect(tcp, rdma_config).await.map_err(crate::transport::TransportError::from)? {
-            Negotiated::Rdma(connection) => {
-                Ok(Connection::Rdma(Client::connect(connection, options.connection.clone()).await?))
+        match establish(addr, options).await? {
+            Established::Tcp { halves, fallback } => {
+                let client = Client::connect(*halves, options.connection.clone()).await?;
+                Ok(Connection::Tcp { client, fallback })
             }
-            Negotiated::Tcp { reason, .. } if !options.fallback => Err(ConnectError::RdmaRequired { reason }),
-            Negotiated::Tcp { sender, receiver, reason } => {
-                tracing::warn!(%addr, %reason, "RDMA not possible; using TCP");
-                let halves = TcpHalves { sender, receiver, first: None, peer };
-                let client = Client::connect(halves, options.connection.clone()).await?;
-                Ok(Connection::Tcp { client, fallback: Some(reason) })
+            Established::Rdma(connection) => {
+                Ok(Connection::Rdma(Client::connect(connection, options.connection.clone()).await?))
             }
         }
     };
+    within(addr, options, attempt).await
+}
+
+/// A transport connected as [`connect`] would, before any session runs on it.
+pub(crate) enum Established {
+    /// Over TCP; `fallback` says why not RDMA when RDMA was asked for. (Boxed: the TCP halves
+    /// are over twice an RDMA connection's size, and this moves once per connection.)
+    Tcp { halves: Box<TcpHalves>, fallback: Option<String> },
+    /// Over RDMA.
+    Rdma(RdmaConnection),
+}
+
+/// The TCP connection to `addr`, with RDMA negotiated on it when the options offer it. No
+/// time limit: callers bound it and their handshake together ([`within`]).
+pub(crate) async fn establish(addr: &str, options: &ConnectOptions) -> Result<Established, ConnectError> {
+    let tcp =
+        TcpConnection::connect(addr, options.tcp.clone()).await.map_err(crate::transport::TransportError::from)?;
+    let peer = format!("tcp://{}", tcp.peer_addr());
+    let Some(rdma_config) = &options.rdma else {
+        let (sender, receiver) = tcp.split();
+        let halves = Box::new(TcpHalves { sender, receiver, first: None, peer });
+        return Ok(Established::Tcp { halves, fallback: None });
+    };
+    match rdma::connect(tcp, rdma_config).await.map_err(crate::transport::TransportError::from)? {
+        Negotiated::Rdma(connection) => Ok(Established::Rdma(connection)),
+        Negotiated::Tcp { reason, .. } if !options.fallback => Err(ConnectError::RdmaRequired { reason }),
+        Negotiated::Tcp { sender, receiver, reason } => {
+            tracing::warn!(%addr, %reason, "RDMA not possible; using TCP");
+            let halves = Box::new(TcpHalves { sender, receiver, first: None, peer });
+            Ok(Established::Tcp { halves, fallback: Some(reason) })
+        }
+    }
+}
+
+/// `attempt` within the options' connect timeout.
+pub(crate) async fn within<T>(
+    addr: &str,
+    options: &ConnectOptions,
+    attempt: impl std::future::Future<Output = Result<T, ConnectError>>,
+) -> Result<T, ConnectError> {
     tokio::time::timeout(options.timeout, attempt)
         .await
         .map_err(|_| ConnectError::Timeout { addr: addr.to_string(), timeout: options.timeout })?

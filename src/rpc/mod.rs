@@ -33,6 +33,7 @@ mod unary;
 pub use call::{CallReceiver, CallSender, DataBuffer, Incoming, ResponseSender};
 pub use client::{CallOptions, Client};
 pub use connect::{ConnectOptions, Connection, connect};
+pub(crate) use connect::{Established, establish, within};
 pub use handler::{HandlerSlot, handler_slot};
 pub use router::Router;
 pub use server::{
