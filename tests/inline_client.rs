@@ -158,3 +158,32 @@ async fn an_idle_inline_client_answers_keepalive_when_asked() {
     assert_eq!(reply.payload, payload);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn inline_connect_to_a_peer_that_is_no_rdma_rpc_server_fails_with_why() {
+    use tokio::io::AsyncWriteExt as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let peers = tokio::spawn(async move {
+        // The first answers in another protocol; the second never answers.
+        let (mut http, _) = listener.accept().await.expect("accept");
+        let _ = http.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+        let (silent, _) = listener.accept().await.expect("accept");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        drop((http, silent));
+    });
+    let connection = TcpConnection::connect(addr, TcpConfig::default()).await.expect("connect");
+    let refused = bounded("connect to HTTP", InlineClient::connect(connection, ConnectionConfig::default())).await;
+    let err = refused.expect_err("no rdma-rpc handshake");
+    assert!(matches!(err, rdma_rpc::rpc::ConnectError::Handshake { .. }), "{err}");
+
+    let mut quick = ConnectionConfig::default();
+    quick.session.keepalive_timeout = Duration::from_millis(300);
+    let connection = TcpConnection::connect(addr, TcpConfig::default()).await.expect("connect");
+    let started = Instant::now();
+    let silent = bounded("connect to a silent peer", InlineClient::connect(connection, quick)).await;
+    let err = silent.expect_err("no SETTINGS came");
+    assert!(err.to_string().contains("no SETTINGS from the peer"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3), "gave up at the handshake timeout");
+    peers.abort();
+}

@@ -89,10 +89,16 @@ impl<T: Transport> InlineClient<T> {
             armed: None,
         };
         while !client.session.is_ready() {
+            client.step().await;
+            // Before the handshake there are no calls: the one event is the connection's end.
+            while let Some(event) = client.session.poll_event() {
+                if let Event::ConnectionClosed(status) = event {
+                    return Err(ConnectError::Handshake { peer: client.peer.to_string(), status });
+                }
+            }
             if let Some(status) = client.closed_status() {
                 return Err(ConnectError::Handshake { peer: client.peer.to_string(), status });
             }
-            client.step().await;
         }
         Ok(client)
     }
