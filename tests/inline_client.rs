@@ -69,6 +69,11 @@ async fn inline_calls_get_typed_errors_and_the_connection_goes_on() {
     let bad =
         bounded("bad request", client.unary::<_, Sum>("/rdmarpc.echo.Echo/Echo", &Numbers { values: vec![7] })).await;
     assert!(bad.is_err(), "a request that does not decode fails: {bad:?}");
+    // A request over the frame limit (16 MiB) fails here, before anything is sent.
+    let huge = EchoRequest { payload: Bytes::from(vec![0u8; 17 << 20]) };
+    let too_large = bounded("oversized request", client.unary::<_, Sum>("/rdmarpc.echo.Echo/Echo", &huge)).await;
+    let status = too_large.expect_err("over the frame limit");
+    assert_eq!(status.code, Code::ResourceExhausted, "{status}");
     let mut calc = CalculatorInlineClient::new(client);
     let sum = bounded("add after errors", calc.add(&Numbers { values: vec![4, 5] })).await.expect("add");
     assert_eq!(sum.total, 9);
