@@ -52,6 +52,9 @@ pub struct InlineClient<T: Transport> {
     current: Option<u64>,
     /// The transport failed to send: the session was told, nothing more is written.
     send_failed: bool,
+    /// When the last step read the clock: a call without a deadline starts at it (the session
+    /// needs a call's start only for its deadline).
+    stepped: Instant,
     /// The session's next deadline (keepalive, a call's timeout), armed only when it moves closer.
     timer: Pin<Box<Sleep>>,
     armed: Option<Instant>,
@@ -85,6 +88,7 @@ impl<T: Transport> InlineClient<T> {
             options: CallOptions::default(),
             current: None,
             send_failed: false,
+            stepped: now(),
             timer: Box::pin(tokio::time::sleep_until(now().into())),
             armed: None,
         };
@@ -203,7 +207,8 @@ impl<T: Transport> InlineClient<T> {
         let body = codec::encode_call(self.outbox.alloc(), header, Some(request)).await?;
         let id = self.next_id;
         self.next_id += 1;
-        self.session.open_call(now(), id, timeout, Outgoing::Buf(body), true, true)?;
+        let start = if timeout.is_some() { now() } else { self.stepped };
+        self.session.open_call(start, id, timeout, Outgoing::Buf(body), true, true)?;
         self.current = Some(id);
         Ok(id)
     }
@@ -242,6 +247,7 @@ impl<T: Transport> InlineClient<T> {
             None => Some(self.receiver.recv().await),
         };
         let now = now();
+        self.stepped = now;
         let Some(msg) = received else {
             self.armed = None;
             self.session.handle_timeout(now);

@@ -359,8 +359,6 @@ async fn measure_all(servers: Arc<Servers>, plan: Plan) -> Result<Report, String
     let connect_err = |err: Box<dyn std::error::Error + Send + Sync>| format!("cannot connect: {err}");
     let rpc = servers.rpc.client().await.map_err(connect_err)?;
     let rpc_sleep = servers.rpc_sleep.client_with(no_spin_tcp()).await.map_err(connect_err)?;
-    // Serviced only while it calls: idle, it takes no turns from the systems measured.
-    let mut inline = Some(Inline(servers.rpc.inline_client().await.map_err(connect_err)?));
     let tonic = servers.tonic.client().await.map_err(|err| format!("tonic cannot connect: {err}"))?;
     let raw_err = |err: std::io::Error| format!("raw echo: {err}");
     let pipelined = RawPipelinedClient::connect(&servers.raw_echo).await.map_err(raw_err)?;
@@ -380,13 +378,15 @@ async fn measure_all(servers: Arc<Servers>, plan: Plan) -> Result<Report, String
                         unary::run(many(&rpc), data.clone(), warm_up, window).await?,
                     )?;
                 }
-                if in_flight == 1
-                    && plan.measures(RPC_TCP_INLINE)
-                    && let Some(caller) = inline.take()
-                {
-                    let (measured, caller) = unary::run_one(caller, data.clone(), warm_up, window).await?;
-                    inline = Some(caller);
-                    unary::merge_into(&mut cells, RPC_TCP_INLINE, measured)?;
+                if in_flight == 1 && plan.measures(RPC_TCP_INLINE) {
+                    // A connection per round: an inline client answers the server's keepalive
+                    // only while it calls, and an idle one could outlive it in a long run.
+                    let caller = Inline(servers.rpc.inline_client().await.map_err(connect_err)?);
+                    unary::merge_into(
+                        &mut cells,
+                        RPC_TCP_INLINE,
+                        unary::run(vec![caller], data.clone(), warm_up, window).await?,
+                    )?;
                 }
                 if plan.measures(RPC_TCP_SLEEP) {
                     let measured = unary::run(many(&rpc_sleep), data.clone(), warm_up, window).await?;

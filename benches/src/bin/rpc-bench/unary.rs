@@ -169,26 +169,6 @@ pub async fn run<C: Caller>(
     Ok(Measured { calls: histogram.len(), histogram, window })
 }
 
-/// [`run`] with one caller, given back after: for a client kept across rounds (one whose
-/// connection is its own, as the inline client's is).
-pub async fn run_one<C: Caller>(
-    mut caller: C,
-    payload: Bytes,
-    warm_up: Duration,
-    window: Duration,
-) -> Result<(Measured, C), String> {
-    let start = Instant::now() + warm_up;
-    let end = start + window;
-    let request = EchoRequest { payload };
-    let task = tokio::spawn(async move {
-        let histogram = calls(&mut caller, &request, start, end).await;
-        (histogram, caller)
-    });
-    let (histogram, caller) = task.await.map_err(|err| format!("a load task failed: {err}"))?;
-    let histogram = histogram?;
-    Ok((Measured { calls: histogram.len(), histogram, window }, caller))
-}
-
 /// Calls back to back until `end`, recording each round trip that started at or after `start`.
 async fn calls<C: Caller>(
     caller: &mut C,
