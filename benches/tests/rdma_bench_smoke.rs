@@ -24,6 +24,7 @@ fn rdma_rows_of_rpc_bench_run() {
         "| 64 B | 1 | rdma-rpc rdma |",
         "| 64 B | 64 | rdma-rpc rdma |",
         "| 64 B | 1 | raw rdma transport |",
+        "| 64 B | 1 | raw rdma transport run-to-completion |",
         "| 64 B | 1 | rdma-rpc rdma inline |",
         "### RDMA round trip by layer",
         "| rdma-rpc rdma | 1020 KiB |",

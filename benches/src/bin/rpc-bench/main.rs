@@ -39,8 +39,8 @@ use rdma_rpc_benches::{RawCopyServer, RawEchoServer, RawPipelinedClient, RawSink
 
 use rdma_rpc_benches::raw_rdma::RawRdmaEchoServer;
 use report::{
-    RAW, RAW_BUSY, RAW_RDMA, RPC_RDMA, RPC_RDMA_DIRECT, RPC_RDMA_INLINE, RPC_TCP, RPC_TCP_INLINE, RPC_TCP_SLEEP,
-    Report, TONIC, UnaryRow,
+    RAW, RAW_BUSY, RAW_RDMA, RAW_RDMA_DIRECT, RPC_RDMA, RPC_RDMA_DIRECT, RPC_RDMA_INLINE, RPC_TCP, RPC_TCP_INLINE,
+    RPC_TCP_SLEEP, Report, TONIC, UnaryRow,
 };
 use unary::{Caller, Inline, Measured, Raw, RawPipelined, RawRdma, Rpc, Tonic};
 
@@ -219,6 +219,8 @@ struct Servers {
     rdma_direct: Option<RpcEchoServer>,
     /// The bare RDMA transport's echo on the same device.
     raw_rdma: Option<RawRdmaEchoServer>,
+    /// The same, each connection echoed by a thread polling its CQ.
+    raw_rdma_direct: Option<RawRdmaEchoServer>,
     raw_echo: RawEchoServer,
     raw_echo_busy: RawEchoServer,
     raw_copy: RawCopyServer,
@@ -229,15 +231,18 @@ struct Servers {
 impl Servers {
     async fn start(rdma: Option<(String, RdmaConfig)>) -> Result<Servers, String> {
         let bind = |err| format!("a server cannot bind: {err}");
-        let (rdma, rdma_direct, raw_rdma) = match rdma {
+        let (rdma, rdma_direct, raw_rdma, raw_rdma_direct) = match rdma {
             Some((addr, config)) => {
                 let server = RpcEchoServer::start_on(&format!("{addr}:0"), Some(config.clone())).await.map_err(bind)?;
                 let direct =
                     RpcEchoServer::start_run_to_completion(&format!("{addr}:0"), config.clone()).await.map_err(bind)?;
                 let raw = RawRdmaEchoServer::start(&format!("{addr}:0"), config.clone()).await.map_err(bind)?;
-                (Some((server, config)), Some(direct), Some(raw))
+                let raw_direct = RawRdmaEchoServer::start_run_to_completion(&format!("{addr}:0"), config.clone())
+                    .await
+                    .map_err(bind)?;
+                (Some((server, config)), Some(direct), Some(raw), Some(raw_direct))
             }
-            None => (None, None, None),
+            None => (None, None, None, None),
         };
         Ok(Servers {
             rpc: RpcEchoServer::start().await.map_err(bind)?,
@@ -245,6 +250,7 @@ impl Servers {
             rdma,
             rdma_direct,
             raw_rdma,
+            raw_rdma_direct,
             raw_echo: RawEchoServer::start().await.map_err(bind)?,
             raw_echo_busy: RawEchoServer::start_with(true).await.map_err(bind)?,
             raw_copy: RawCopyServer::start().await.map_err(bind)?,
@@ -418,6 +424,13 @@ async fn measure_all(servers: Arc<Servers>, plan: Plan) -> Result<Report, String
                     let measured =
                         unary::run(vec![RawRdma(server.client().await?)], data.clone(), warm_up, window).await?;
                     unary::merge_into(&mut cells, RAW_RDMA, measured)?;
+                }
+                if let Some(server) =
+                    servers.raw_rdma_direct.as_ref().filter(|_| in_flight == 1 && plan.measures(RAW_RDMA_DIRECT))
+                {
+                    let client = server.direct_client().await?;
+                    let measured = unary::run_raw_direct(client, data.clone(), warm_up, window).await?;
+                    unary::merge_into(&mut cells, RAW_RDMA_DIRECT, measured)?;
                 }
                 if plan.measures(RAW) {
                     let raw = if in_flight == 1 {

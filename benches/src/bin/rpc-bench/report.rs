@@ -24,6 +24,9 @@ pub const RPC_RDMA_DIRECT: &str = "rdma-rpc rdma run-to-completion";
 /// The RDMA transport alone echoing messages, no RPC layers (only with an RDMA address; one call
 /// in flight).
 pub const RAW_RDMA: &str = "raw rdma transport";
+/// The RDMA transport alone, run to completion: each side's thread polls its CQ itself, as
+/// `RPC_RDMA_DIRECT` does (one call in flight).
+pub const RAW_RDMA_DIRECT: &str = "raw rdma transport run-to-completion";
 /// The raw tokio TCP echo / copy.
 pub const RAW: &str = "raw tokio tcp";
 /// The raw tokio TCP echo, busy-polling its reads as `RPC_TCP` does (one call in flight).
@@ -172,6 +175,8 @@ impl Report {
             "perftest with the echo's message sizes: `ib_send_lat` t_typical at the request's + at the reply's";
         row(same_bytes, self.perftest.frames_rt_us);
         row("raw rdma transport: rdma-rpc's RDMA transport echoing, no RPC layers", raw_p50);
+        let raw_direct = self.unary(RAW_RDMA_DIRECT, 64, 1).map(|m| m.micros(50.0));
+        row("raw rdma transport run-to-completion: the same, each side's thread polling its CQ", raw_direct);
         row("rdma-rpc rdma: the whole stack (frame, session, call, protobuf)", Some(rpc.micros(50.0)));
         let inline = self.unary(RPC_RDMA_INLINE, 64, 1).map(|m| m.micros(50.0));
         row("rdma-rpc rdma inline: the whole stack, the client's side run in the calling task", inline);

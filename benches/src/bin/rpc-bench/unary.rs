@@ -17,7 +17,7 @@ use rdma_rpc::rpc::direct::DirectClient;
 use rdma_rpc::transport::Transport;
 use rdma_rpc::wire::HEADER_LEN;
 use rdma_rpc_benches::alloc_count::{self, Counts, Side};
-use rdma_rpc_benches::raw_rdma::RawRdmaEchoClient;
+use rdma_rpc_benches::raw_rdma::{RawRdmaDirectClient, RawRdmaEchoClient};
 use rdma_rpc_benches::tonic_echo::TonicEchoClient;
 use rdma_rpc_benches::{RawEchoClient, RawPipelinedClient};
 
@@ -212,10 +212,36 @@ pub async fn run_direct(
     warm_up: Duration,
     window: Duration,
 ) -> Result<Measured, String> {
+    let mut client = EchoDirectClient::new(client);
+    let call = move |request: &EchoRequest| {
+        let reply = client.echo(request).map_err(|status| format!("rdma-rpc run-to-completion echo: {status}"))?;
+        Ok(reply.payload.len())
+    };
+    run_blocking(call, payload, warm_up, window).await
+}
+
+/// [`run`] for the RDMA transport alone, run to completion (one call in flight, as
+/// [`run_direct`]).
+pub async fn run_raw_direct(
+    mut client: RawRdmaDirectClient,
+    payload: Bytes,
+    warm_up: Duration,
+    window: Duration,
+) -> Result<Measured, String> {
+    run_blocking(move |request| client.round_trip(&request.payload), payload, warm_up, window).await
+}
+
+/// Blocking calls back to back in a blocking thread of the runtime, recording each round trip
+/// that started in the window; `call` returns the echoed length.
+async fn run_blocking(
+    mut call: impl FnMut(&EchoRequest) -> Result<usize, String> + Send + 'static,
+    payload: Bytes,
+    warm_up: Duration,
+    window: Duration,
+) -> Result<Measured, String> {
     let start = Instant::now() + warm_up;
     let end = start + window;
     let measured = tokio::task::spawn_blocking(move || {
-        let mut client = EchoDirectClient::new(client);
         let request = EchoRequest { payload };
         let mut histogram = new_histogram();
         loop {
@@ -223,9 +249,9 @@ pub async fn run_direct(
             if started >= end {
                 return Ok::<_, String>(histogram);
             }
-            let reply = client.echo(&request).map_err(|status| format!("rdma-rpc run-to-completion echo: {status}"))?;
-            if reply.payload.len() != request.payload.len() {
-                return Err(format!("echo returned {} bytes for {}", reply.payload.len(), request.payload.len()));
+            let echoed = call(&request)?;
+            if echoed != request.payload.len() {
+                return Err(format!("echo returned {echoed} bytes for {}", request.payload.len()));
             }
             record(&mut histogram, started, start);
         }
