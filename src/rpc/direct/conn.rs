@@ -71,8 +71,9 @@ impl DirectConn {
     }
 
     /// One turn: what the session released goes out (as far as credit allows now), then what
-    /// arrived goes into the session; every [`TURNS_PER_CLOCK`] turns, the clock is read and the
-    /// session's deadlines checked. True if a message arrived.
+    /// arrived goes into the session, up to the first message that gives the caller an event;
+    /// every [`TURNS_PER_CLOCK`] turns, the clock is read and the session's deadlines checked.
+    /// True if a message arrived.
     pub(super) fn turn(&mut self) -> bool {
         self.transmit();
         let mut received = 0;
@@ -81,6 +82,13 @@ impl DirectConn {
             received += 1;
             let message = message.map_err(TransportError::from);
             if !handle_received(message, self.now, &mut self.session, &self.limits, &self.peer) {
+                break;
+            }
+            // What the message brought (a request to run, a reply to return) is handled before
+            // the CQ is looked at again: that look re-posts the message's receive buffer and
+            // returns credit (`reap.rs`), work that can wait until the reply or the next request
+            // is posted.
+            if self.session.has_events() {
                 break;
             }
         }

@@ -14,6 +14,12 @@ impl<B: Body> Session<B> {
         self.events.pop_front()
     }
 
+    /// Whether [`poll_event`](Self::poll_event) has something: a driver that feeds messages in
+    /// a batch can stop to handle what one of them brought.
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// Server: the request of call `id` when it came whole in its CALL frame (one message, and the
     /// end of the client's stream), taken out of the events; `None`, with the events left as they
     /// are, for any other call. Called right after `Incoming { id }` was polled, it is what lets a
