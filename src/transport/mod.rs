@@ -142,8 +142,11 @@ pub trait FrameReceiver: Send + 'static {
     fn recv(&mut self) -> impl Future<Output = Result<Option<Bytes>, TransportError>> + Send;
 
     /// The next message if one can be had without waiting (`None` otherwise): what the driver
-    /// takes to batch the frames of one pass. Without `may_read`, a transport whose receive is a
-    /// system call (TCP) answers only from what it already read. The default polls `recv` once,
+    /// takes to batch the frames of one pass. Without `may_read` (a peer in lockstep, which
+    /// waits for the answer), a transport answers only from what it already has: TCP from what
+    /// it read (a read is a system call), RDMA from completions already reaped (a reaping step
+    /// re-posts the buffer of the message just taken, work that can wait until the reply is
+    /// posted). The default polls `recv` once,
     /// which suits transports whose receive is a queue or a completion-queue poll in user space.
     fn try_recv_now(&mut self, may_read: bool) -> Option<Result<Option<Bytes>, TransportError>> {
         let _ = may_read;

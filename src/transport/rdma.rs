@@ -79,6 +79,15 @@ impl FrameReceiver for RdmaReceiver {
     async fn recv(&mut self) -> Result<Option<Bytes>, TransportError> {
         Ok(RdmaReceiver::recv(self).await?)
     }
+
+    fn try_recv_now(&mut self, may_read: bool) -> Option<Result<Option<Bytes>, TransportError>> {
+        if may_read {
+            return futures_util::FutureExt::now_or_never(RdmaReceiver::recv(self)).map(|m| m.map_err(Into::into));
+        }
+        // In lockstep: a reaping step now would re-post the buffer of the message just taken
+        // before its reply goes out.
+        self.try_recv_reaped().map(|m| m.map_err(Into::into))
+    }
 }
 
 impl Transport for RdmaConnection {

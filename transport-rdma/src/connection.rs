@@ -394,6 +394,26 @@ impl RdmaReceiver {
         self.try_take()
     }
 
+    /// A message already reaped (the end, or an error), without reaping: never waits, never
+    /// polls the CQ. What a driver batching the messages of one pass takes when it expects no
+    /// more: the reaping step after a message re-posts that message's receive buffer and returns
+    /// credit (`reap.rs`), work that can wait until its reply is posted.
+    pub fn try_recv_reaped(&mut self) -> Option<Result<Option<Bytes>, RdmaError>> {
+        if self.spin == Spin::Claimed {
+            let mut reaper = self.inner.reaper.try_lock().ok()?;
+            if let Some(message) = reaper.claimed.as_mut().and_then(std::collections::VecDeque::pop_front) {
+                return Some(message.map(Some));
+            }
+            drop(reaper);
+            return if self.inner.is_closed() { self.try_take() } else { None };
+        }
+        match self.incoming.try_recv() {
+            Ok(message) => Some(self.taken(message)),
+            Err(mpsc::error::TryRecvError::Disconnected) => Some(Ok(None)),
+            Err(mpsc::error::TryRecvError::Empty) => None,
+        }
+    }
+
     /// A message already reaped, the end, or `None`.
     fn try_take(&mut self) -> Option<Result<Option<Bytes>, RdmaError>> {
         match self.incoming.try_recv() {
