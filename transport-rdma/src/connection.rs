@@ -177,7 +177,7 @@ impl Setup {
             incoming: Some(incoming),
             claimed: None,
             repost_due: false,
-            small: bytes::BytesMut::new(),
+            small: crate::reap::Small::new(),
         };
         let inner = Inner {
             qp: Mutex::new(self.qp),

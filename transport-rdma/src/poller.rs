@@ -126,6 +126,7 @@ async fn drain_after_close(inner: &Inner) {
                 }
             }
         }
+        small.release();
     }
     lock(&inner.qp).move_to_error();
     let deadline = Instant::now() + Duration::from_millis(500);

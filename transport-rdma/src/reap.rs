@@ -38,11 +38,32 @@ pub(crate) struct Reaper {
     /// it finds.
     pub(crate) repost_due: bool,
     /// Where small received messages are copied (see [`deliver`]).
-    pub(crate) small: BytesMut,
+    pub(crate) small: Small,
+}
+
+/// Small received messages: the chunk they are copied into, and the receive buffers they came
+/// in, which go back to their pool at the next step (right before it re-posts them) rather than
+/// between the completion and the receiver: giving one back costs a queue push and a wake-up.
+pub(crate) struct Small {
+    chunk: BytesMut,
+    spent: Vec<Slot>,
+}
+
+impl Small {
+    pub(crate) fn new() -> Self {
+        // Room for 64 buffers between two steps (a step reaps what the CQ holds, 32 at a time):
+        // keeping them allocates only past that, once.
+        Small { chunk: BytesMut::new(), spent: Vec::with_capacity(64) }
+    }
+
+    /// Gives the spent receive buffers back to their pool.
+    pub(crate) fn release(&mut self) {
+        self.spent.clear();
+    }
 }
 
 /// Received messages up to this size are copied out of their receive buffer into
-/// [`Reaper::small`], and the buffer goes back at once: a copy this small costs less than the
+/// [`Reaper::small`], and the buffer goes back with the next step: a copy this small costs less than the
 /// allocation a handle over the registered buffer takes (`Bytes::from_owner` boxes its owner).
 const COPY_AT_MOST: usize = 512;
 
@@ -152,6 +173,7 @@ pub(crate) fn step(inner: &Inner, reaper: &mut Reaper) -> Result<bool, RdmaError
         return Ok(true);
     }
     *repost_due = false;
+    small.release();
     let reposted = repost(inner)?;
     Ok(reaped > 0 || reposted)
 }
@@ -170,13 +192,13 @@ pub(crate) fn step_or_fail(inner: &Inner) -> bool {
 
 /// What a receive completion means (by its immediate): credit and maybe a message in the slot,
 /// a message in a large buffer, or a large buffer of the peer's handed back. Errors are protocol
-/// violations by the peer. `small` is the reaper's chunk for small messages.
+/// violations by the peer. `small` is where small messages go.
 pub(crate) fn received(
     inner: &Inner,
     slot: Slot,
     imm: u32,
     byte_len: u32,
-    small: &mut BytesMut,
+    small: &mut Small,
 ) -> Result<Option<Bytes>, RdmaError> {
     match Imm::decode(imm) {
         Imm::Credit(count) => {
@@ -204,17 +226,19 @@ pub(crate) fn received(
 }
 
 /// Hands a received message up. A small one (at most [`COPY_AT_MOST`] bytes) is copied into
-/// `small` and its buffer goes back now. Otherwise the `Bytes` are the registered buffer itself
+/// `small`'s chunk and its buffer goes back with the next step. Otherwise the `Bytes` are the registered buffer itself
 /// (the application holds it as long as it holds the bytes; dropping them returns the slot, which
 /// the next step re-posts). When the application already holds three quarters of the receive
 /// buffers — messages queued behind work that waits on the peer — the message is copied out and
 /// its buffer re-posted by the next step: otherwise the peer could run out of credit while this
 /// side waits on the peer, and both would stall.
-fn deliver(inner: &Inner, slot: crate::verbs::Slot, small: &mut BytesMut) -> Bytes {
+fn deliver(inner: &Inner, slot: Slot, small: &mut Small) -> Bytes {
     if slot.len() <= COPY_AT_MOST {
-        return copy_small(small, slot.filled());
+        let message = copy_small(&mut small.chunk, slot.filled());
+        small.spent.push(slot);
+        return message;
     }
-    let ready = lock(&inner.qp).recvs_posted() + inner.recv_region.free_count();
+    let ready = lock(&inner.qp).recvs_posted() + inner.recv_region.free_count() + small.spent.len();
     if ready * 4 < inner.config.recv_buffers as usize {
         Bytes::copy_from_slice(slot.filled())
     } else {
