@@ -26,13 +26,15 @@ mod ipoib;
 mod large;
 mod poller;
 mod reap;
+mod receiver;
 mod route;
 mod sender;
 pub mod verbs;
 
 pub use config::{LargeClass, MAX_LARGE_CLASSES, PollMode, RdmaConfig};
-pub use connection::{RdmaConnection, RdmaReceiver};
+pub use connection::RdmaConnection;
 pub use error::RdmaError;
 pub use handshake::{Accepted, Negotiated, accept, connect};
+pub use receiver::RdmaReceiver;
 pub use sender::{RdmaAlloc, RdmaSender};
 pub use verbs::SlotWriter;

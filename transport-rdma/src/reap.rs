@@ -63,8 +63,9 @@ impl Small {
 }
 
 /// Received messages up to this size are copied out of their receive buffer into
-/// [`Reaper::small`], and the buffer goes back with the next step: a copy this small costs less than the
-/// allocation a handle over the registered buffer takes (`Bytes::from_owner` boxes its owner).
+/// [`Reaper::small`], and the buffer goes back with the next step: a copy this small costs less
+/// than the allocation a handle over the registered buffer takes (`Bytes::from_owner` boxes its
+/// owner).
 const COPY_AT_MOST: usize = 512;
 
 /// The size of each chunk small messages are copied into. A chunk is reused once no view of it
@@ -226,9 +227,9 @@ pub(crate) fn received(
 }
 
 /// Hands a received message up. A small one (at most [`COPY_AT_MOST`] bytes) is copied into
-/// `small`'s chunk and its buffer goes back with the next step. Otherwise the `Bytes` are the registered buffer itself
-/// (the application holds it as long as it holds the bytes; dropping them returns the slot, which
-/// the next step re-posts). When the application already holds three quarters of the receive
+/// `small`'s chunk and its buffer goes back with the next step. Otherwise the `Bytes` are the
+/// registered buffer itself (the application holds it as long as it holds the bytes; dropping
+/// them returns the slot, which the next step re-posts). When the application already holds three quarters of the receive
 /// buffers — messages queued behind work that waits on the peer — the message is copied out and
 /// its buffer re-posted by the next step: otherwise the peer could run out of credit while this
 /// side waits on the peer, and both would stall.
