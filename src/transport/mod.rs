@@ -146,8 +146,8 @@ pub trait FrameReceiver: Send + 'static {
     /// waits for the answer), a transport answers only from what it already has: TCP from what
     /// it read (a read is a system call), RDMA from completions already reaped (a reaping step
     /// re-posts the buffer of the message just taken, work that can wait until the reply is
-    /// posted). The default polls `recv` once,
-    /// which suits transports whose receive is a queue or a completion-queue poll in user space.
+    /// posted). The default polls `recv` once, which suits transports whose receive is a queue
+    /// or a completion-queue poll in user space.
     fn try_recv_now(&mut self, may_read: bool) -> Option<Result<Option<Bytes>, TransportError>> {
         let _ = may_read;
         futures_util::FutureExt::now_or_never(self.recv())

@@ -229,10 +229,10 @@ pub(crate) fn received(
 /// Hands a received message up. A small one (at most [`COPY_AT_MOST`] bytes) is copied into
 /// `small`'s chunk and its buffer goes back with the next step. Otherwise the `Bytes` are the
 /// registered buffer itself (the application holds it as long as it holds the bytes; dropping
-/// them returns the slot, which the next step re-posts). When the application already holds three quarters of the receive
-/// buffers — messages queued behind work that waits on the peer — the message is copied out and
-/// its buffer re-posted by the next step: otherwise the peer could run out of credit while this
-/// side waits on the peer, and both would stall.
+/// them returns the slot, which the next step re-posts). When the application already holds
+/// three quarters of the receive buffers — messages queued behind work that waits on the peer —
+/// the message is copied out and its buffer re-posted by the next step: otherwise the peer could
+/// run out of credit while this side waits on the peer, and both would stall.
 fn deliver(inner: &Inner, slot: Slot, small: &mut Small) -> Bytes {
     if slot.len() <= COPY_AT_MOST {
         let message = copy_small(&mut small.chunk, slot.filled());
