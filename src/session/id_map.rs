@@ -3,8 +3,8 @@
 //! A unary round trip has one call open per side, and the session looks its call up four or five
 //! times (opened, queued, answered, ended). A hash map pays a hash and a probe of a control group
 //! for each; a list of a few ids pays one comparison per open call. The criterion bench of a
-//! unary call through both sessions went from 395 to 375 ns natively and from 6.6 to 6.4 µs
-//! under QEMU, where the RDMA benchmarks run (BENCHMARKING.md, finding 26).
+//! unary call through both sessions went from about 395 to 375 ns natively and from 6.6 to 6.4
+//! µs under QEMU, where the RDMA benchmarks run (BENCHMARKING.md, finding 26).
 //!
 //! Past [`FEW`] open calls the map moves them into a `HashMap` with a cheap hash: the default
 //! hasher (SipHash, keyed per map) once showed among the top entries of a callgrind profile of
