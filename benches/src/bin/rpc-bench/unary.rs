@@ -235,7 +235,7 @@ pub async fn run_raw_direct(
 /// that started in the window; `call` returns the echoed length. The clock is read once per call,
 /// as perftest's `get_cycles()` per iteration: a round trip runs from one reading to the next, the
 /// loop's own bookkeeping included (a second reading per call cost 0.1 µs under QEMU, on the
-/// round trip's path, and perftest pays none).
+/// round trip's path, which perftest's loop does not have).
 async fn run_blocking(
     mut call: impl FnMut(&EchoRequest) -> Result<usize, String> + Send + 'static,
     payload: Bytes,
